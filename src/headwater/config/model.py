@@ -1,0 +1,139 @@
+"""The configuration model: frozen pydantic models, unknown keys are errors.
+
+Secrets (DSNs, passwords) are ``SecretStr`` and are never printed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class ProjectConfig(_Model):
+    name: str = Field("headwater", pattern=NAME_PATTERN)
+    data_dir: Path = Path(".headwater")
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "headwater"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    replication_factor: int = Field(1, ge=1)
+
+
+class StorageConfig(_Model):
+    postgres: SecretStr = SecretStr("embedded")
+    """"embedded" (PostgreSQL 18 + pgvector from the wheel) or a DSN of PostgreSQL 15+."""
+    log: Literal["postgres", "kafka"] = "postgres"
+    kafka: KafkaConfig = KafkaConfig()
+
+    @field_validator("postgres")
+    @classmethod
+    def _dsn_or_embedded(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if raw != "embedded" and not raw.startswith(("postgresql://", "postgres://")):
+            raise ValueError('expected "embedded" or a DSN starting with postgresql://')
+        return v
+
+    @property
+    def embedded(self) -> bool:
+        return self.postgres.get_secret_value() == "embedded"
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    enabled: bool = True
+
+
+class WorkerConfig(_Model):
+    """Defaults for every pipeline's worker processes."""
+
+    processes: int = Field(1, ge=1, le=64)
+    batch_max_events: int = Field(1000, ge=1, le=100_000)
+    batch_max_ms: int = Field(100, ge=0, le=60_000)
+    retry_initial_ms: int = Field(100, ge=1)
+    retry_max_ms: int = Field(10_000, ge=1)
+    maintenance_interval_s: float = Field(30.0, gt=0)
+
+
+class TopicConfig(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    partitions: int = Field(3, ge=1, le=1024)
+    compacted: bool = False
+    retention_ms: int | None = Field(None, ge=1)
+    retention_bytes: int | None = Field(None, ge=1)
+
+
+class _PipelineBase(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    input: str = Field(pattern=NAME_PATTERN)
+    processes: int | None = Field(None, ge=1, le=64)
+    batch_max_events: int | None = Field(None, ge=1, le=100_000)
+    batch_max_ms: int | None = Field(None, ge=0, le=60_000)
+
+
+class TableSinkPipeline(_PipelineBase):
+    """Copies the records of a topic into a PostgreSQL table, exactly once."""
+
+    processor: Literal["table"]
+    table: str
+    mode: Literal["append", "upsert"] = "append"
+
+    @field_validator("table")
+    @classmethod
+    def _qualified_identifier(cls, v: str) -> str:
+        parts = v.split(".")
+        if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
+            raise ValueError("expected a table name like events or myschema.events")
+        return v
+
+
+PipelineConfig = Annotated[TableSinkPipeline, Field(discriminator="processor")]
+
+
+class Settings(_Model):
+    """The whole of headwater.toml. ``config_path`` is set by the loader."""
+
+    project: ProjectConfig = ProjectConfig()
+    storage: StorageConfig = StorageConfig()
+    server: ServerConfig = ServerConfig()
+    worker: WorkerConfig = WorkerConfig()
+    topics: tuple[TopicConfig, ...] = ()
+    pipelines: tuple[PipelineConfig, ...] = ()
+    config_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Settings:
+        for what, names in (
+            ("topics", [t.name for t in self.topics]),
+            ("pipelines", [p.name for p in self.pipelines]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate name(s) {', '.join(dupes)}")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory, relative paths taken from the config file's folder."""
+        d = self.project.data_dir
+        if not d.is_absolute() and self.config_path is not None:
+            d = self.config_path.parent / d
+        return d.resolve()
+
+    def topic(self, name: str) -> TopicConfig | None:
+        return next((t for t in self.topics if t.name == name), None)

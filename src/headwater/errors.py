@@ -8,6 +8,7 @@
     │   ├── TopicMismatch      a topic exists with a different definition
     │   └── FencedError        another worker owns the partitions this batch read
     ├── ProcessingError        a record could not be processed (goes to the DLQ)
+    ├── RetryableError         a transient failure: the batch is retried with backoff
     └── MissingDependency      an optional extra is not installed
 
 Messages never contain secrets: DSNs are shown with their password masked.
@@ -49,6 +50,10 @@ class FencedError(LogError):
 
 class ProcessingError(HeadwaterError):
     """A record could not be processed; the worker sends it to the dead-letter topic."""
+
+
+class RetryableError(HeadwaterError):
+    """A transient failure (a service briefly away); the worker retries the batch."""
 
 
 class MissingDependency(HeadwaterError):

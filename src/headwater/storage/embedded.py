@@ -80,9 +80,9 @@ class EmbeddedPostgres:
             [str(_bin("pg_ctl")), "-D", str(self.data_dir), "status"],
             capture_output=True,
             text=True,
-            **self._user_kw(),
+            user=self._user,
         )
-        return res.returncode == 0
+        return bool(res.returncode == 0)
 
     def ensure_running(self, timeout_s: float = 60.0) -> str:
         """Initialize (first time) and start the server unless it runs; return its DSN.
@@ -107,8 +107,9 @@ class EmbeddedPostgres:
 
     # -- internals -----------------------------------------------------------------
 
-    def _user_kw(self) -> dict[str, str]:
-        return {"user": _SYSTEM_USER} if self._as_root else {}
+    @property
+    def _user(self) -> str | None:
+        return _SYSTEM_USER if self._as_root else None
 
     @contextlib.contextmanager
     def _startup_lock(self):  # type: ignore[no-untyped-def]
@@ -165,7 +166,7 @@ class EmbeddedPostgres:
             ],
             capture_output=True,
             text=True,
-            **self._user_kw(),
+            user=self._user,
         )
         if res.returncode != 0:
             raise StorageError(f"initdb failed in {self.data_dir}: {res.stderr.strip()}")
@@ -193,7 +194,7 @@ class EmbeddedPostgres:
                 text=True,
                 timeout=timeout_s,
                 stdin=subprocess.DEVNULL,
-                **self._user_kw(),
+                user=self._user,
             )
         except subprocess.TimeoutExpired:
             raise StorageError(

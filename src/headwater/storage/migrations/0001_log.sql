@@ -34,12 +34,13 @@ CREATE TABLE headwater.consumer_offsets (
     PRIMARY KEY (group_name, topic, partition)
 );
 
--- Counters per pipeline, updated inside each batch's transaction (exact across crashes).
+-- Counters per pipeline and partition, updated inside each batch's transaction, so they
+-- are exact across crashes; one worker owns a partition at a time, so no contention.
 CREATE TABLE headwater.pipeline_stats (
-    pipeline      text PRIMARY KEY,
+    pipeline      text NOT NULL,
+    partition     integer NOT NULL,
     events        bigint NOT NULL DEFAULT 0,
-    batches       bigint NOT NULL DEFAULT 0,
     dead_letters  bigint NOT NULL DEFAULT 0,
-    retries       bigint NOT NULL DEFAULT 0,
-    last_batch_at timestamptz
+    last_batch_at timestamptz,
+    PRIMARY KEY (pipeline, partition)
 );

@@ -1,0 +1,27 @@
+"""Built-in processors that configuration may name.
+
+Configuration can only pick from this table: an untrusted config file never imports
+or runs arbitrary code. Custom processors are used through the Python API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from headwater.config.model import PipelineConfig, TableSinkPipeline
+from headwater.engine.processor import Processor
+
+
+def _table(cfg: PipelineConfig) -> Processor:
+    from headwater.sinks.table import TableSink
+
+    assert isinstance(cfg, TableSinkPipeline)
+    return TableSink(cfg.table, cfg.mode)
+
+
+BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {"table": _table}
+
+
+def build_processor(cfg: PipelineConfig) -> Processor:
+    """The processor a pipeline's configuration names."""
+    return BUILTIN[cfg.processor](cfg)

@@ -1,0 +1,106 @@
+"""Wiring: settings → database, log, topics, workers. Used by the CLI and tests."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from types import FrameType
+
+from headwater.config.model import PipelineConfig, Settings
+from headwater.engine.registry import build_processor
+from headwater.engine.worker import Worker, WorkerOptions, WorkerStats
+from headwater.errors import ConfigError
+from headwater.log.base import Log, TopicSpec, dlq_topic
+from headwater.storage.database import connect, resolve_dsn
+from headwater.storage.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+def open_log(settings: Settings, dsn: str) -> Log:
+    """The configured log backend."""
+    if settings.storage.log == "kafka":
+        from headwater.log.kafka import KafkaLog
+
+        return KafkaLog(settings.storage.kafka, dsn)
+    from headwater.log.postgres import PostgresLog
+
+    return PostgresLog(dsn)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    dsn: str
+    log: Log
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def bootstrap(settings: Settings, *, start: bool = True) -> Runtime:
+    """Reach (or start) the database, migrate it, and create configured topics and
+    each pipeline's dead-letter topic. Idempotent; safe from several processes."""
+    dsn = resolve_dsn(settings, start=start)
+    with connect(dsn) as conn:
+        migrate(conn)
+    lg = open_log(settings, dsn)
+    for t in settings.topics:
+        lg.create_topic(
+            TopicSpec(t.name, t.partitions, t.compacted, t.retention_ms, t.retention_bytes)
+        )
+    for p in settings.pipelines:
+        if settings.topic(p.input) is None:
+            raise ConfigError(
+                f"{settings.config_path}: pipelines.{p.name}.input: topic {p.input!r} is"
+                f" not defined; add a [[topics]] entry named {p.input!r}"
+            )
+        lg.create_topic(TopicSpec(dlq_topic(p.name), 1))
+    return Runtime(settings, dsn, lg)
+
+
+def pipeline(settings: Settings, name: str) -> PipelineConfig:
+    for p in settings.pipelines:
+        if p.name == name:
+            return p
+    valid = ", ".join(p.name for p in settings.pipelines) or "(none configured)"
+    raise ConfigError(f"{settings.config_path}: no pipeline named {name!r}; valid: {valid}")
+
+
+def worker_options(settings: Settings, p: PipelineConfig) -> WorkerOptions:
+    w = settings.worker
+    return WorkerOptions(
+        batch_max_events=p.batch_max_events or w.batch_max_events,
+        batch_max_ms=p.batch_max_ms if p.batch_max_ms is not None else w.batch_max_ms,
+        retry_initial_ms=w.retry_initial_ms,
+        retry_max_ms=w.retry_max_ms,
+    )
+
+
+def run_worker(settings: Settings, name: str) -> WorkerStats:
+    """Run one worker process of pipeline ``name`` until SIGINT/SIGTERM.
+
+    On a signal the current batch finishes and commits, then this returns.
+    """
+    p = pipeline(settings, name)
+    rt = bootstrap(settings, start=False)
+    worker = Worker(
+        pipeline=p.name,
+        topic=p.input,
+        processor=build_processor(p),
+        log=rt.log,
+        dsn=rt.dsn,
+        options=worker_options(settings, p),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("pipeline %s: signal %d, finishing the current batch", name, signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return worker.run()
+    finally:
+        rt.close()

@@ -1,0 +1,98 @@
+"""What ``headwater status`` and ``/metrics`` report: lag, watermarks, dead letters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from headwater.engine.runtime import Runtime
+from headwater.errors import TopicNotFound
+from headwater.log.base import dlq_topic
+from headwater.storage.database import connect
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    partition: int
+    committed: int
+    end: int
+    lag: int
+    position: str | None
+    events: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    name: str
+    processor: str
+    input: str
+    lag: int
+    events: int
+    dead_letters: int
+    dlq_topic: str
+    last_batch_at: datetime | None
+    watermark: dict[int, str | None] = field(default_factory=dict)
+    partitions: list[PartitionStatus] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["last_batch_at"] = self.last_batch_at.isoformat() if self.last_batch_at else None
+        d["watermark"] = {str(k): v for k, v in self.watermark.items()}
+        return d
+
+
+def pipeline_statuses(rt: Runtime) -> list[PipelineStatus]:
+    """One entry per configured pipeline."""
+    out = []
+    with connect(rt.dsn, autocommit=True) as conn:
+        for p in rt.settings.pipelines:
+            try:
+                ends = {i.partition: i.end_offset for i in rt.log.partitions(p.input)}
+            except TopicNotFound:
+                ends = {}
+            rows = conn.execute(
+                "SELECT o.partition, o.next_offset, o.position,"
+                " coalesce(s.events, 0), coalesce(s.dead_letters, 0), s.last_batch_at"
+                " FROM headwater.consumer_offsets o LEFT JOIN headwater.pipeline_stats s"
+                " ON s.pipeline = o.group_name AND s.partition = o.partition"
+                " WHERE o.group_name = %s AND o.topic = %s",
+                (p.name, p.input),
+            ).fetchall()
+            by_part = {r[0]: r for r in rows}
+            parts = []
+            last: datetime | None = None
+            for part in sorted(set(ends) | set(by_part)):
+                _, committed, pos, events, dead, at = by_part.get(
+                    part, (part, 0, None, 0, 0, None)
+                )
+                end = ends.get(part, committed)
+                parts.append(
+                    PartitionStatus(part, committed, end, max(end - committed, 0), pos,
+                                    events, dead)
+                )
+                if at is not None and (last is None or at > last):
+                    last = at
+            out.append(
+                PipelineStatus(
+                    name=p.name,
+                    processor=p.processor,
+                    input=p.input,
+                    lag=sum(x.lag for x in parts),
+                    events=sum(x.events for x in parts),
+                    dead_letters=_count(rt, dlq_topic(p.name)),
+                    dlq_topic=dlq_topic(p.name),
+                    last_batch_at=last,
+                    watermark={x.partition: x.position for x in parts},
+                    partitions=parts,
+                )
+            )
+    return out
+
+
+def _count(rt: Runtime, topic: str) -> int:
+    try:
+        return sum(i.end_offset - i.start_offset for i in rt.log.partitions(topic))
+    except TopicNotFound:
+        return 0

@@ -1,0 +1,444 @@
+"""The log kept in PostgreSQL (the embedded default).
+
+Layout: ``headwater.topics`` and ``headwater.log_partitions`` hold metadata; each
+topic's records live in ``headwater_log.t_<id>`` keyed by (partition, offset).
+
+Guarantees:
+- **Order under concurrent writers**: an append locks its partitions' rows in
+  ``log_partitions`` (in partition order, so appenders never deadlock) until its
+  transaction ends. Offsets are therefore assigned and made visible in commit order:
+  a reader that saw offset N will never later see a new record below N.
+- **Atomic appends**: a batch is one COPY in one transaction; with ``conn`` it joins
+  the caller's transaction (outputs and dead letters commit with the sink's writes).
+- **Exactly-once consumption into PostgreSQL**: :class:`PostgresBatchReader` locks the
+  group's offset rows ``FOR UPDATE SKIP LOCKED`` in the caller's transaction and moves
+  them in the same transaction. Two workers can never process one partition at once,
+  and a crash rolls back outputs and offsets together.
+- **Sharing**: workers of a group take slots with session advisory locks; partitions
+  are spread over the live slots (a dead worker's lock vanishes with its connection).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from itertools import count
+
+from psycopg import sql
+
+from headwater.errors import FencedError, LogError, TopicMismatch, TopicNotFound
+from headwater.log.base import (
+    Batch,
+    Conn,
+    LogRecord,
+    PartitionInfo,
+    Record,
+    RetentionReport,
+    TopicSpec,
+)
+from headwater.log.copy_binary import encode_rows
+from headwater.log.partitioner import partition_for
+
+_COLUMNS = 'partition, "offset", ts_ms, key, value, headers'
+_POLL_S = 0.005
+_MEMBERSHIP_REFRESH_S = 0.5
+_MAX_SLOTS = 256
+
+
+class _Topic:
+    __slots__ = ("compacted", "id", "name", "partitions", "table")
+
+    def __init__(self, id: int, name: str, partitions: int, compacted: bool) -> None:
+        self.id = id
+        self.name = name
+        self.partitions = partitions
+        self.compacted = compacted
+        self.table = sql.Identifier("headwater_log", f"t_{id}")
+
+
+class PostgresLog:
+    """The ``postgres`` log backend. Not thread-safe: one instance per thread."""
+
+    backend = "postgres"
+
+    def __init__(self, dsn: str) -> None:
+        from headwater.storage.database import connect
+
+        self.dsn = dsn
+        self._conn = connect(dsn, autocommit=True)
+        self._topics: dict[str, _Topic] = {}
+        self._round_robin = count()
+
+    # -- topics ------------------------------------------------------------------------
+
+    def create_topic(self, spec: TopicSpec) -> None:
+        """Create the topic, or check the existing one has the same partition count.
+
+        Retention and compaction settings of an existing topic are updated.
+
+        Raises:
+            TopicMismatch: it exists with a different number of partitions.
+        """
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(spec.name),))
+            row = self._conn.execute(
+                "SELECT id, partitions FROM headwater.topics WHERE name = %s", (spec.name,)
+            ).fetchone()
+            if row is not None:
+                if row[1] != spec.partitions:
+                    raise TopicMismatch(
+                        f"topic {spec.name!r} exists with {row[1]} partitions, not "
+                        f"{spec.partitions}; partition counts cannot change"
+                    )
+                self._conn.execute(
+                    "UPDATE headwater.topics SET compacted = %s, retention_ms = %s,"
+                    " retention_bytes = %s WHERE id = %s",
+                    (spec.compacted, spec.retention_ms, spec.retention_bytes, row[0]),
+                )
+                topic_id = row[0]
+            else:
+                (topic_id,) = self._conn.execute(
+                    "INSERT INTO headwater.topics"
+                    " (name, partitions, compacted, retention_ms, retention_bytes)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (
+                        spec.name,
+                        spec.partitions,
+                        spec.compacted,
+                        spec.retention_ms,
+                        spec.retention_bytes,
+                    ),
+                ).fetchone()  # type: ignore[misc]
+                self._conn.execute(
+                    "INSERT INTO headwater.log_partitions (topic_id, partition)"
+                    " SELECT %s, generate_series(0, %s - 1)",
+                    (topic_id, spec.partitions),
+                )
+                table = sql.Identifier("headwater_log", f"t_{topic_id}")
+                self._conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE {} (partition int4 NOT NULL, \"offset\" int8 NOT NULL,"
+                        " ts_ms int8 NOT NULL, key bytea, value bytea, headers jsonb,"
+                        ' PRIMARY KEY (partition, "offset"))'
+                    ).format(table)
+                )
+            if spec.compacted:
+                self._conn.execute(
+                    sql.SQL(
+                        'CREATE INDEX IF NOT EXISTS {} ON {} (partition, key, "offset")'
+                    ).format(
+                        sql.Identifier(f"t_{topic_id}_key"),
+                        sql.Identifier("headwater_log", f"t_{topic_id}"),
+                    )
+                )
+        self._topics.pop(spec.name, None)
+
+    def topics(self) -> list[TopicSpec]:
+        rows = self._conn.execute(
+            "SELECT name, partitions, compacted, retention_ms, retention_bytes"
+            " FROM headwater.topics ORDER BY name"
+        ).fetchall()
+        return [TopicSpec(*r) for r in rows]
+
+    def partitions(self, topic: str) -> list[PartitionInfo]:
+        t = self._topic(topic)
+        rows = self._conn.execute(
+            "SELECT partition, start_offset, next_offset FROM headwater.log_partitions"
+            " WHERE topic_id = %s ORDER BY partition",
+            (t.id,),
+        ).fetchall()
+        return [PartitionInfo(p, s, e) for p, s, e in rows]
+
+    def _topic(self, name: str, conn: Conn | None = None) -> _Topic:
+        t = self._topics.get(name)
+        if t is None:
+            row = (conn or self._conn).execute(
+                "SELECT id, partitions, compacted FROM headwater.topics WHERE name = %s",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise TopicNotFound(f"topic {name!r} does not exist")
+            t = self._topics[name] = _Topic(row[0], name, row[1], row[2])
+        return t
+
+    # -- append ------------------------------------------------------------------------
+
+    def append(
+        self, topic: str, records: Sequence[Record], *, conn: Conn | None = None
+    ) -> list[tuple[int, int]]:
+        """Append ``records`` in one transaction (or in ``conn``'s); see the module doc."""
+        if not records:
+            return []
+        t = self._topic(topic, conn)
+        n = t.partitions
+        parts = [
+            partition_for(r.key, n) if r.key is not None else next(self._round_robin) % n
+            for r in records
+        ]
+        used = sorted(set(parts))
+        c = conn if conn is not None else self._conn
+        with c.transaction():
+            rows = c.execute(
+                "SELECT partition, next_offset FROM headwater.log_partitions"
+                " WHERE topic_id = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+                (t.id, used),
+            ).fetchall()
+            nxt = dict(rows)
+            now = int(time.time() * 1000)
+            out: list[tuple[int, int]] = []
+            encoded = []
+            for r, p in zip(records, parts, strict=True):
+                off = nxt[p]
+                nxt[p] = off + 1
+                out.append((p, off))
+                encoded.append(
+                    (p, off, r.timestamp_ms or now, r.key, r.value, r.headers or None)
+                )
+            with c.cursor().copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                    t.table, sql.SQL(_COLUMNS)
+                )
+            ) as cp:
+                cp.write(encode_rows(encoded))
+            c.execute(
+                "UPDATE headwater.log_partitions lp SET next_offset = v.n"
+                " FROM unnest(%s::int4[], %s::int8[]) AS v(p, n)"
+                " WHERE lp.topic_id = %s AND lp.partition = v.p",
+                (list(nxt), list(nxt.values()), t.id),
+            )
+        return out
+
+    # -- read --------------------------------------------------------------------------
+
+    def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> list[LogRecord]:
+        t = self._topic(topic)
+        return _read(self._conn, t, {partition: offset}, max_records)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        rows = self._conn.execute(
+            "SELECT partition, next_offset FROM headwater.consumer_offsets"
+            " WHERE group_name = %s AND topic = %s",
+            (group, topic),
+        ).fetchall()
+        return dict(rows)
+
+    def reader(self, group: str, topic: str) -> PostgresBatchReader:
+        return PostgresBatchReader(self, group, topic)
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def enforce_retention(self) -> RetentionReport:
+        """Delete records past their topic's retention (time, then size per partition)
+        and superseded values of compacted topics (tombstones go after retention_ms,
+        or 24 h when unset). Safe to run while producers and consumers work."""
+        deleted = compacted = 0
+        now = int(time.time() * 1000)
+        rows = self._conn.execute(
+            "SELECT name, compacted, retention_ms, retention_bytes FROM headwater.topics"
+        ).fetchall()
+        for name, is_compacted, retention_ms, retention_bytes in rows:
+            t = self._topic(name)
+            with self._conn.transaction():
+                if retention_ms and not is_compacted:
+                    cur = self._conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE ts_ms < %s").format(t.table),
+                        (now - retention_ms,),
+                    )
+                    deleted += cur.rowcount
+                if retention_bytes and not is_compacted:
+                    cur = self._conn.execute(
+                        sql.SQL(
+                            'DELETE FROM {t} d USING (SELECT partition, "offset", sum('
+                            "coalesce(length(key), 0) + coalesce(length(value), 0)) OVER ("
+                            'PARTITION BY partition ORDER BY "offset" DESC) AS total FROM {t})'
+                            ' s WHERE s.total > %s AND d.partition = s.partition'
+                            ' AND d."offset" = s."offset"'
+                        ).format(t=t.table),
+                        (retention_bytes,),
+                    )
+                    deleted += cur.rowcount
+                if is_compacted:
+                    cur = self._conn.execute(
+                        sql.SQL(
+                            "DELETE FROM {t} a WHERE a.key IS NOT NULL AND EXISTS (SELECT 1"
+                            " FROM {t} b WHERE b.partition = a.partition AND b.key = a.key"
+                            ' AND b."offset" > a."offset")'
+                        ).format(t=t.table)
+                    )
+                    compacted += cur.rowcount
+                    cur = self._conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE value IS NULL AND ts_ms < %s").format(
+                            t.table
+                        ),
+                        (now - (retention_ms or 86_400_000),),
+                    )
+                    compacted += cur.rowcount
+                self._conn.execute(
+                    sql.SQL(
+                        "UPDATE headwater.log_partitions lp SET start_offset = coalesce("
+                        '(SELECT min("offset") FROM {} r WHERE r.partition = lp.partition),'
+                        " lp.next_offset) WHERE lp.topic_id = %s"
+                    ).format(t.table),
+                    (t.id,),
+                )
+        return RetentionReport(deleted=deleted, compacted=compacted)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresBatchReader:
+    """Reads batches for one consumer group; see the module docstring for guarantees."""
+
+    def __init__(self, log: PostgresLog, group: str, topic: str) -> None:
+        from headwater.storage.database import connect
+
+        self.log = log
+        self.group = group
+        self.topic = topic
+        self._t = log._topic(topic)
+        # A dedicated session holds this member's advisory-lock slot.
+        self._session = connect(log.dsn, autocommit=True)
+        self._class_key = _lock_key(f"{group}\x00{topic}")
+        self._slot = self._take_slot()
+        self._assigned: list[int] = []
+        self._refreshed = 0.0
+        self._session.execute(
+            "INSERT INTO headwater.consumer_offsets (group_name, topic, partition)"
+            " SELECT %s, %s, generate_series(0, %s - 1) ON CONFLICT DO NOTHING",
+            (group, topic, self._t.partitions),
+        )
+
+    def _take_slot(self) -> int:
+        for slot in range(_MAX_SLOTS):
+            row = self._session.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (self._class_key, slot)
+            ).fetchone()
+            if row and row[0]:
+                return slot
+        raise LogError(f"more than {_MAX_SLOTS} workers in group {self.group!r}")
+
+    def assigned(self) -> list[int]:
+        """The partitions this member should work on (refreshed every 0.5 s)."""
+        now = time.monotonic()
+        if now - self._refreshed > _MEMBERSHIP_REFRESH_S:
+            rows = self._session.execute(
+                "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 2 AND classid::int8 = %s AND database = (SELECT oid FROM"
+                " pg_database WHERE datname = current_database()) ORDER BY objid::int8",
+                (self._class_key & 0xFFFFFFFF,),
+            ).fetchall()
+            slots = [r[0] for r in rows]
+            rank = slots.index(self._slot) if self._slot in slots else 0
+            n = max(len(slots), 1)
+            self._assigned = [p for p in range(self._t.partitions) if p % n == rank]
+            self._refreshed = now
+        return self._assigned
+
+    def next_batch(self, conn: Conn, max_events: int, max_wait_ms: int) -> Batch | None:
+        """Claim this member's free partitions (row locks in ``conn``'s transaction)
+        and read up to ``max_events`` records; linger up to ``max_wait_ms`` after the
+        first record for the batch to fill. None when nothing is claimable or new."""
+        parts = self.assigned()
+        claimed = conn.execute(
+            "SELECT partition, next_offset FROM headwater.consumer_offsets"
+            " WHERE group_name = %s AND topic = %s AND partition = ANY(%s)"
+            " ORDER BY partition FOR UPDATE SKIP LOCKED",
+            (self.group, self.topic, parts),
+        ).fetchall()
+        if not claimed:
+            return None
+        start = dict(claimed)
+        pos = dict(start)
+        records: list[LogRecord] = []
+        deadline: float | None = None
+        idle_deadline = time.monotonic() + max(max_wait_ms, 50) / 1000
+        while True:
+            got = _read(conn, self._t, pos, max_events - len(records))
+            if got:
+                records.extend(got)
+                for r in got:
+                    pos[r.partition] = r.offset + 1
+                if deadline is None:
+                    deadline = time.monotonic() + max_wait_ms / 1000
+            now = time.monotonic()
+            if len(records) >= max_events:
+                break
+            if deadline is not None and now >= deadline:
+                break
+            if deadline is None and now >= idle_deadline:
+                break
+            time.sleep(_POLL_S)
+        if not records:
+            return None
+        return Batch(self.topic, records, start)
+
+    def commit(
+        self, conn: Conn, batch: Batch, positions: Mapping[int, str | None] | None = None
+    ) -> None:
+        ends: dict[int, int] = {}
+        for r in batch.records:
+            ends[r.partition] = r.offset + 1
+        parts = sorted(ends)
+        pos = [(positions or {}).get(p) for p in parts]
+        cur = conn.execute(
+            "UPDATE headwater.consumer_offsets c SET next_offset = v.n,"
+            " position = coalesce(v.pos, c.position), updated_at = now()"
+            " FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::text[]) AS v(p, s, n, pos)"
+            " WHERE c.group_name = %s AND c.topic = %s AND c.partition = v.p"
+            " AND c.next_offset = v.s",
+            (
+                parts,
+                [batch.start_offsets[p] for p in parts],
+                [ends[p] for p in parts],
+                pos,
+                self.group,
+                self.topic,
+            ),
+        )
+        if cur.rowcount != len(parts):
+            raise FencedError(
+                f"offsets of group {self.group!r} on {self.topic!r} moved during the batch"
+            )
+
+    def after_commit(self, batch: Batch) -> None:
+        pass
+
+    def after_rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _read(conn: Conn, t: _Topic, offsets: Mapping[int, int], limit: int) -> list[LogRecord]:
+    if limit <= 0 or not offsets:
+        return []
+    per = max(1, -(-limit // len(offsets)))
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT r.partition, r.\"offset\", r.ts_ms, r.key, r.value, r.headers"
+            " FROM unnest(%s::int4[], %s::int8[]) AS c(p, o) CROSS JOIN LATERAL"
+            ' (SELECT * FROM {} t WHERE t.partition = c.p AND t."offset" >= c.o'
+            ' ORDER BY t."offset" LIMIT %s) r'
+        ).format(t.table),
+        (list(offsets), list(offsets.values()), per),
+        binary=True,
+    ).fetchall()
+    name = t.name
+    return [
+        LogRecord(name, p, o, k, v, h or {}, ts)
+        for p, o, ts, k, v, h in rows
+    ]
+
+
+def _lock_key(name: str) -> int:
+    """A signed 32-bit advisory-lock key for a name."""
+    v = zlib.crc32(name.encode())
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+__all__ = ["PostgresBatchReader", "PostgresLog"]

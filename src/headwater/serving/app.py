@@ -1,0 +1,36 @@
+"""The HTTP server: ``/healthz``, Prometheus ``/metrics``; the ``/v1`` API grows here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from headwater import __version__
+from headwater.engine.runtime import Runtime
+from headwater.serving.metrics import PipelineCollector
+from headwater.storage.database import connect
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    app = FastAPI(title="Headwater", version=__version__, docs_url="/docs")
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(rt))
+
+    @app.get("/healthz")
+    def healthz(response: Response) -> dict[str, Any]:
+        """200 when the database answers, 503 otherwise."""
+        try:
+            with connect(rt.dsn, autocommit=True, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            response.status_code = 503
+            return {"status": "unavailable", "error": type(exc).__name__}
+        return {"status": "ok", "version": __version__, "log": rt.log.backend}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,1 @@
+"""Built-in sinks: processors that write records into PostgreSQL tables."""

@@ -1,0 +1,126 @@
+"""Copy a topic into a PostgreSQL table, exactly once.
+
+Values must be JSON (a record that is not goes to the dead-letter topic).
+
+- ``append``: one row per record ``(topic, partition, offset, key, value, ts)``,
+  written with COPY. Exactly-once: with the offsets committed in the same transaction,
+  a replay after a crash never writes a row twice.
+- ``upsert``: one row per key holding the latest value; a tombstone deletes the key.
+  Within a batch only the last operation per key is applied (keys never span
+  partitions, so their order is the offset order).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Literal
+
+from psycopg import sql
+
+from headwater.engine.processor import Processor
+from headwater.errors import ProcessingError
+from headwater.log.base import Conn, LogRecord
+
+
+class TableSink(Processor):
+    delivery = "exactly-once"
+
+    def __init__(self, table: str, mode: Literal["append", "upsert"] = "append") -> None:
+        self.table = sql.Identifier(*table.split("."))
+        self.schema = table.split(".")[0] if "." in table else None
+        self.mode = mode
+
+    def setup(self, conn: Conn) -> None:
+        if self.schema:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)))
+        if self.mode == "append":
+            ddl = (
+                "CREATE TABLE IF NOT EXISTS {} (topic text NOT NULL, partition int4 NOT NULL,"
+                ' "offset" int8 NOT NULL, key text, value jsonb, ts timestamptz NOT NULL)'
+            )
+        else:
+            ddl = (
+                "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value jsonb NOT NULL,"
+                ' topic text NOT NULL, partition int4 NOT NULL, "offset" int8 NOT NULL,'
+                " ts timestamptz NOT NULL)"
+            )
+        conn.execute(sql.SQL(ddl).format(self.table))
+
+    def process(self, conn: Conn, records: Sequence[LogRecord]) -> None:
+        if self.mode == "append":
+            self._append(conn, records)
+        else:
+            self._upsert(conn, records)
+
+    def _append(self, conn: Conn, records: Sequence[LogRecord]) -> None:
+        rows = [
+            (r.topic, r.partition, r.offset, _key(r), _value(r), r.timestamp_ms / 1000)
+            for r in records
+        ]
+        with conn.cursor().copy(
+            sql.SQL(
+                'COPY {} (topic, partition, "offset", key, value, ts) FROM STDIN'
+            ).format(self.table)
+        ) as cp:
+            for topic, part, off, key, value, ts in rows:
+                cp.write_row((topic, part, off, key, value, _ts(ts)))
+
+    def _upsert(self, conn: Conn, records: Sequence[LogRecord]) -> None:
+        last: dict[str, LogRecord] = {}
+        for r in records:
+            k = _key(r)
+            if k is None:
+                raise ProcessingError("upsert mode needs a key")
+            last[k] = r
+        deletes = [k for k, r in last.items() if r.value is None]
+        upserts = [(k, r) for k, r in last.items() if r.value is not None]
+        if deletes:
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self.table), (deletes,)
+            )
+        if upserts:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        'INSERT INTO {} (key, value, topic, partition, "offset", ts)'
+                        " VALUES (%s, %s::jsonb, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (key)"
+                        " DO UPDATE SET value = excluded.value, topic = excluded.topic,"
+                        ' partition = excluded.partition, "offset" = excluded."offset",'
+                        " ts = excluded.ts"
+                    ).format(self.table),
+                    [
+                        (k, _value(r), r.topic, r.partition, r.offset, r.timestamp_ms / 1000)
+                        for k, r in upserts
+                    ],
+                )
+
+
+def _key(r: LogRecord) -> str | None:
+    if r.key is None:
+        return None
+    try:
+        return r.key.decode()
+    except UnicodeDecodeError:
+        raise ProcessingError("key is not UTF-8") from None
+
+
+def _value(r: LogRecord) -> str | None:
+    """The value as JSON text, validated (COPY and casts take the text as it is)."""
+    if r.value is None:
+        return None
+    try:
+        text = r.value.decode()
+        json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProcessingError(f"value is not JSON: {exc}") from None
+    if "\x00" in text:
+        raise ProcessingError("value contains a NUL character, which jsonb cannot store")
+    return text
+
+
+def _ts(seconds: float) -> object:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC)

@@ -104,8 +104,9 @@ def up(
     if settings.server.enabled and not no_server:
         server = _start_server(rt, settings)
         out.print(f"headwater {__version__}: http://{settings.server.host}:{settings.server.port}")
-    out.print(f"{len(sup.children)} worker(s) for {len(settings.pipelines)} pipeline(s); "
-              "Ctrl-C to stop")
+    out.print(
+        f"{len(sup.children)} worker(s) for {len(settings.pipelines)} pipeline(s); Ctrl-C to stop"
+    )
     next_maintenance = time.monotonic() + settings.worker.maintenance_interval_s
     try:
         while not stop.wait(0.5):
@@ -134,7 +135,9 @@ def _start_server(rt: Any, settings: Settings) -> Any:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(rt), host=settings.server.host, port=settings.server.port,
+            create_app(rt),
+            host=settings.server.host,
+            port=settings.server.port,
             log_level="warning",
         )
     )
@@ -159,14 +162,27 @@ def status(
         print(json.dumps({"pipelines": [s.to_json() for s in sts]}, indent=2))
         return
     table = Table(title="pipelines")
-    for col in ("pipeline", "input", "processor", "events", "lag", "dead letters",
-                "watermark", "last batch"):
+    for col in (
+        "pipeline",
+        "input",
+        "processor",
+        "events",
+        "lag",
+        "dead letters",
+        "watermark",
+        "last batch",
+    ):
         table.add_column(col)
     for s in sts:
         wm = ", ".join(f"{p}:{v}" for p, v in s.watermark.items() if v) or "-"
         table.add_row(
-            s.name, s.input, s.processor, str(s.events), str(s.lag),
-            f"{s.dead_letters} ({s.dlq_topic})", wm,
+            s.name,
+            s.input,
+            s.processor,
+            str(s.events),
+            str(s.lag),
+            f"{s.dead_letters} ({s.dlq_topic})",
+            wm,
             s.last_batch_at.strftime("%H:%M:%S") if s.last_batch_at else "-",
         )
     out.print(table)
@@ -183,12 +199,17 @@ def topics(
         rows = []
         for t in rt.log.topics():
             parts = rt.log.partitions(t.name)
-            rows.append({
-                "name": t.name, "partitions": t.partitions, "compacted": t.compacted,
-                "retention_ms": t.retention_ms, "retention_bytes": t.retention_bytes,
-                "records": sum(p.end_offset - p.start_offset for p in parts),
-                "end_offsets": [p.end_offset for p in parts],
-            })
+            rows.append(
+                {
+                    "name": t.name,
+                    "partitions": t.partitions,
+                    "compacted": t.compacted,
+                    "retention_ms": t.retention_ms,
+                    "retention_bytes": t.retention_bytes,
+                    "records": sum(p.end_offset - p.start_offset for p in parts),
+                    "end_offsets": [p.end_offset for p in parts],
+                }
+            )
     finally:
         rt.close()
     if as_json:
@@ -198,12 +219,25 @@ def topics(
     for col in ("topic", "partitions", "records", "end offsets", "compacted", "retention"):
         table.add_column(col)
     for r in rows:
-        ret = ", ".join(x for x in (
-            f"{r['retention_ms']} ms" if r["retention_ms"] else "",
-            f"{r['retention_bytes']} B" if r["retention_bytes"] else "") if x) or "-"
-        table.add_row(r["name"], str(r["partitions"]), str(r["records"]),
-                      " ".join(map(str, r["end_offsets"])), "yes" if r["compacted"] else "no",
-                      ret)
+        ret = (
+            ", ".join(
+                x
+                for x in (
+                    f"{r['retention_ms']} ms" if r["retention_ms"] else "",
+                    f"{r['retention_bytes']} B" if r["retention_bytes"] else "",
+                )
+                if x
+            )
+            or "-"
+        )
+        table.add_row(
+            r["name"],
+            str(r["partitions"]),
+            str(r["records"]),
+            " ".join(map(str, r["end_offsets"])),
+            "yes" if r["compacted"] else "no",
+            ret,
+        )
     out.print(table)
 
 
@@ -212,26 +246,39 @@ def tail(
     topic: Annotated[str, typer.Argument(help="Topic to read.")],
     config: ConfigOpt = DEFAULT_CONFIG,
     n: Annotated[int, typer.Option("-n", help="Records per partition to show first.")] = 10,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")]
-    = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new records.")
+    ] = False,
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
 ) -> None:
     """Print a topic's latest records (one JSON object per line)."""
     rt = _runtime(_settings(config))
     try:
         parts = rt.log.partitions(topic)
-        pos = {p.partition: max(p.start_offset, p.end_offset - n) for p in parts
-               if partition is None or p.partition == partition}
+        pos = {
+            p.partition: max(p.start_offset, p.end_offset - n)
+            for p in parts
+            if partition is None or p.partition == partition
+        }
         if not pos:
             raise ConfigError(f"topic {topic!r} has no partition {partition}")
         while True:
             got = 0
             for p, off in pos.items():
                 for r in rt.log.read(topic, p, off, 500):
-                    print(json.dumps({
-                        "partition": r.partition, "offset": r.offset, "ts_ms": r.timestamp_ms,
-                        "key": _text(r.key), "value": _text(r.value),
-                        "headers": dict(r.headers)}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "partition": r.partition,
+                                "offset": r.offset,
+                                "ts_ms": r.timestamp_ms,
+                                "key": _text(r.key),
+                                "value": _text(r.value),
+                                "headers": dict(r.headers),
+                            }
+                        ),
+                        flush=True,
+                    )
                     pos[p] = r.offset + 1
                     got += 1
             if not follow:
@@ -275,7 +322,8 @@ def version() -> None:
 def main() -> None:
     """Entry point: maps errors to exit codes (2 config/usage, 1 runtime)."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)

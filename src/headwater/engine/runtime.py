@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from types import FrameType
 
@@ -13,7 +14,7 @@ from headwater.engine.worker import Worker, WorkerOptions, WorkerStats
 from headwater.errors import ConfigError
 from headwater.log.base import Log, TopicSpec, dlq_topic
 from headwater.storage.database import connect, resolve_dsn
-from headwater.storage.migrate import migrate
+from headwater.storage.schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,17 @@ def worker_options(settings: Settings, p: PipelineConfig) -> WorkerOptions:
 def run_worker(settings: Settings, name: str) -> WorkerStats:
     """Run one worker process of pipeline ``name`` until SIGINT/SIGTERM.
 
-    On a signal the current batch finishes and commits, then this returns.
+    Signal handlers are installed first, so a stop request at any moment (even during
+    start-up) is honoured: the current batch finishes and commits, then this returns.
     """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("pipeline %s: signal %d, finishing the current batch", name, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     p = pipeline(settings, name)
     rt = bootstrap(settings, start=False)
     worker = Worker(
@@ -93,13 +103,7 @@ def run_worker(settings: Settings, name: str) -> WorkerStats:
         dsn=rt.dsn,
         options=worker_options(settings, p),
     )
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("pipeline %s: signal %d, finishing the current batch", name, signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    worker.stop_event = stop
     try:
         return worker.run()
     finally:

@@ -64,13 +64,12 @@ def pipeline_statuses(rt: Runtime) -> list[PipelineStatus]:
             parts = []
             last: datetime | None = None
             for part in sorted(set(ends) | set(by_part)):
-                _, committed, pos, events, dead, at = by_part.get(
-                    part, (part, 0, None, 0, 0, None)
-                )
+                _, committed, pos, events, dead, at = by_part.get(part, (part, 0, None, 0, 0, None))
                 end = ends.get(part, committed)
                 parts.append(
-                    PartitionStatus(part, committed, end, max(end - committed, 0), pos,
-                                    events, dead)
+                    PartitionStatus(
+                        part, committed, end, max(end - committed, 0), pos, events, dead
+                    )
                 )
                 if at is not None and (last is None or at > last):
                     last = at

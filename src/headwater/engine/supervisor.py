@@ -47,16 +47,20 @@ class Supervisor:
 
     def __init__(self, config_path: Path, processes: dict[str, int], grace_s: float = 30.0):
         self.config_path = config_path
-        self.children = [
-            _Child(name, i) for name, n in processes.items() for i in range(n)
-        ]
+        self.children = [_Child(name, i) for name, n in processes.items() for i in range(n)]
         self.grace_s = grace_s
         self._stop = threading.Event()
 
     def _spawn(self, child: _Child) -> None:
         cmd = [
-            sys.executable, "-m", "headwater", "worker",
-            "--config", str(self.config_path), "--pipeline", child.pipeline,
+            sys.executable,
+            "-m",
+            "headwater",
+            "worker",
+            "--config",
+            str(self.config_path),
+            "--pipeline",
+            child.pipeline,
         ]
         child.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
@@ -75,11 +79,14 @@ class Supervisor:
             if c.next_start == 0.0:
                 if now - c.started_at > 60:
                     c.restarts = 0
-                delay = min(60.0, 2.0 ** c.restarts)
+                delay = min(60.0, 2.0**c.restarts)
                 c.next_start = now + delay
                 log.warning(
                     "worker %s#%d exited with %s; restarting in %.0fs",
-                    c.pipeline, c.index, c.proc.returncode, delay,
+                    c.pipeline,
+                    c.index,
+                    c.proc.returncode,
+                    delay,
                 )
             elif now >= c.next_start:
                 c.restarts += 1

@@ -98,7 +98,7 @@ class Worker:
     def run(self, *, max_batches: int | None = None, until_idle: bool = False) -> WorkerStats:
         """Process batches until stopped (or ``max_batches``, or the first empty poll
         when ``until_idle``). Returns the counters of this run."""
-        conn = connect(self.dsn)
+        conn = connect(self.dsn, application_name=self.application_name)
         reader = self.log.reader(self.pipeline, self.topic)
         try:
             with conn.transaction():
@@ -138,6 +138,11 @@ class Worker:
             conn.close()
         return self.stats
 
+    @property
+    def application_name(self) -> str:
+        """How this worker's sessions appear in ``pg_stat_activity``."""
+        return f"headwater-worker:{self.pipeline}"[:63]
+
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit and return."""
         self.stop_event.set()
@@ -147,9 +152,7 @@ class Worker:
     def _one_batch(self, conn: Conn, rd: BatchReader) -> bool:
         self._pending_dlq = []
         with conn.transaction():
-            batch = rd.next_batch(
-                conn, self.options.batch_max_events, self.options.batch_max_ms
-            )
+            batch = rd.next_batch(conn, self.options.batch_max_events, self.options.batch_max_ms)
             if batch is None:
                 return False
             self._apply(conn, batch.records)
@@ -236,7 +239,7 @@ class Worker:
             old.close()
         while not self.stop_event.is_set():
             try:
-                return connect(self.dsn)
+                return connect(self.dsn, application_name=self.application_name)
             except Exception as exc:  # StorageError while the database is away
                 log.warning("%s: reconnect failed: %s", self.pipeline, exc)
                 self.stop_event.wait(1.0)

@@ -118,7 +118,7 @@ class PostgresLog:
                 table = sql.Identifier("headwater_log", f"t_{topic_id}")
                 self._conn.execute(
                     sql.SQL(
-                        "CREATE TABLE {} (partition int4 NOT NULL, \"offset\" int8 NOT NULL,"
+                        'CREATE TABLE {} (partition int4 NOT NULL, "offset" int8 NOT NULL,'
                         " ts_ms int8 NOT NULL, key bytea, value bytea, headers jsonb,"
                         ' PRIMARY KEY (partition, "offset"))'
                     ).format(table)
@@ -153,10 +153,14 @@ class PostgresLog:
     def _topic(self, name: str, conn: Conn | None = None) -> _Topic:
         t = self._topics.get(name)
         if t is None:
-            row = (conn or self._conn).execute(
-                "SELECT id, partitions, compacted FROM headwater.topics WHERE name = %s",
-                (name,),
-            ).fetchone()
+            row = (
+                (conn or self._conn)
+                .execute(
+                    "SELECT id, partitions, compacted FROM headwater.topics WHERE name = %s",
+                    (name,),
+                )
+                .fetchone()
+            )
             if row is None:
                 raise TopicNotFound(f"topic {name!r} does not exist")
             t = self._topics[name] = _Topic(row[0], name, row[1], row[2])
@@ -192,9 +196,7 @@ class PostgresLog:
                 off = nxt[p]
                 nxt[p] = off + 1
                 out.append((p, off))
-                encoded.append(
-                    (p, off, r.timestamp_ms or now, r.key, r.value, r.headers or None)
-                )
+                encoded.append((p, off, r.timestamp_ms or now, r.key, r.value, r.headers or None))
             with c.cursor().copy(
                 sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                     t.table, sql.SQL(_COLUMNS)
@@ -254,7 +256,7 @@ class PostgresLog:
                             'DELETE FROM {t} d USING (SELECT partition, "offset", sum('
                             "coalesce(length(key), 0) + coalesce(length(value), 0)) OVER ("
                             'PARTITION BY partition ORDER BY "offset" DESC) AS total FROM {t})'
-                            ' s WHERE s.total > %s AND d.partition = s.partition'
+                            " s WHERE s.total > %s AND d.partition = s.partition"
                             ' AND d."offset" = s."offset"'
                         ).format(t=t.table),
                         (retention_bytes,),
@@ -420,7 +422,7 @@ def _read(conn: Conn, t: _Topic, offsets: Mapping[int, int], limit: int) -> list
     per = max(1, -(-limit // len(offsets)))
     rows = conn.execute(
         sql.SQL(
-            "SELECT r.partition, r.\"offset\", r.ts_ms, r.key, r.value, r.headers"
+            'SELECT r.partition, r."offset", r.ts_ms, r.key, r.value, r.headers'
             " FROM unnest(%s::int4[], %s::int8[]) AS c(p, o) CROSS JOIN LATERAL"
             ' (SELECT * FROM {} t WHERE t.partition = c.p AND t."offset" >= c.o'
             ' ORDER BY t."offset" LIMIT %s) r'
@@ -429,10 +431,7 @@ def _read(conn: Conn, t: _Topic, offsets: Mapping[int, int], limit: int) -> list
         binary=True,
     ).fetchall()
     name = t.name
-    return [
-        LogRecord(name, p, o, k, v, h or {}, ts)
-        for p, o, ts, k, v, h in rows
-    ]
+    return [LogRecord(name, p, o, k, v, h or {}, ts) for p, o, ts, k, v, h in rows]
 
 
 def _lock_key(name: str) -> int:

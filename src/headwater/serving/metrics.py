@@ -22,20 +22,24 @@ class PipelineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily(
-            "headwater_pipeline_events", "Records applied by a pipeline",
+            "headwater_pipeline_events",
+            "Records applied by a pipeline",
             labels=["pipeline", "partition"],
         )
         lag = GaugeMetricFamily(
-            "headwater_pipeline_lag_records", "Records in the input not yet applied",
+            "headwater_pipeline_lag_records",
+            "Records in the input not yet applied",
             labels=["pipeline", "partition"],
         )
         dlq = GaugeMetricFamily(
-            "headwater_pipeline_dead_letters", "Records in the pipeline's dead-letter topic",
+            "headwater_pipeline_dead_letters",
+            "Records in the pipeline's dead-letter topic",
             labels=["pipeline"],
         )
         last = GaugeMetricFamily(
             "headwater_pipeline_last_batch_timestamp_seconds",
-            "When the pipeline last committed a batch", labels=["pipeline"],
+            "When the pipeline last committed a batch",
+            labels=["pipeline"],
         )
         for st in pipeline_statuses(self.rt):
             for p in st.partitions:

@@ -33,8 +33,9 @@ class TableSink(Processor):
 
     def setup(self, conn: Conn) -> None:
         if self.schema:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(self.schema)))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
         if self.mode == "append":
             ddl = (
                 "CREATE TABLE IF NOT EXISTS {} (topic text NOT NULL, partition int4 NOT NULL,"
@@ -60,9 +61,9 @@ class TableSink(Processor):
             for r in records
         ]
         with conn.cursor().copy(
-            sql.SQL(
-                'COPY {} (topic, partition, "offset", key, value, ts) FROM STDIN'
-            ).format(self.table)
+            sql.SQL('COPY {} (topic, partition, "offset", key, value, ts) FROM STDIN').format(
+                self.table
+            )
         ) as cp:
             for topic, part, off, key, value, ts in rows:
                 cp.write_row((topic, part, off, key, value, _ts(ts)))

@@ -1,0 +1,68 @@
+"""Real services, started once per test session and stopped at its end.
+
+- PostgreSQL: one embedded server (the same runtime Headwater uses); a migrated
+  template database is cloned for each test that asks for ``dsn``, so tests are
+  isolated and cheap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from headwater.storage.embedded import EmbeddedPostgres
+from headwater.storage.schema import migrate
+
+_TEMPLATE = "hw_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    pg.ensure_running()
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+    with psycopg.connect(pg.dsn(_TEMPLATE)) as conn:
+        migrate(conn)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def new_database(pg: EmbeddedPostgres, prefix: str = "t") -> str:
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+    return pg.dsn(name)
+
+
+@pytest.fixture
+def dsn(pg_server: EmbeddedPostgres) -> str:
+    """A fresh, migrated database for this test."""
+    return new_database(pg_server)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a headwater.toml in tmp_path from a TOML body; returns its path."""
+
+    def write(body: str, name: str = "headwater.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(body))
+        return path
+
+    return write
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()

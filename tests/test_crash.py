@@ -1,0 +1,158 @@
+"""Crash safety: SIGKILL a worker at random moments; the sink must equal the input."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from headwater.log.base import Record, TopicSpec
+from headwater.log.postgres import PostgresLog
+
+from .conftest import query
+
+N_EVENTS = 100_000
+N_KILLS = 20
+
+
+def _config(tmp_path: Path, dsn: str, log_section: str = "") -> Path:
+    cfg = tmp_path / "headwater.toml"
+    cfg.write_text(
+        f'[storage]\npostgres = "{dsn}"\n{log_section}\n'
+        "[worker]\nbatch_max_events = 500\nbatch_max_ms = 20\nretry_initial_ms = 50\n"
+        '[[topics]]\nname = "events"\npartitions = 3\n'
+        '[[pipelines]]\nname = "copy"\ninput = "events"\nprocessor = "table"\n'
+        'table = "copied"\nmode = "append"\n'
+    )
+    return cfg
+
+
+def _start_worker(cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "headwater", "worker", "--config", str(cfg), "--pipeline", "copy"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _events() -> list[Record]:
+    return [
+        Record(f"key-{i % 997}".encode(), json.dumps({"seq": i}).encode()) for i in range(N_EVENTS)
+    ]
+
+
+def crash_and_verify(cfg: Path, dsn: str, append: object, committed: object) -> None:
+    from headwater.config import load_settings
+    from headwater.engine.runtime import bootstrap
+
+    bootstrap(load_settings(cfg)).close()
+    events = _events()
+    half = N_EVENTS // 2
+    append(events[:half])  # type: ignore[operator]
+    producer = threading.Thread(
+        target=lambda: [
+            append(events[i : i + 5000])  # type: ignore[operator]
+            for i in range(half, N_EVENTS, 5000)
+        ]
+    )
+    rng = random.Random(7)
+    mid_stream = 0
+    producer.start()
+    for _ in range(N_KILLS):
+        proc = _start_worker(cfg)
+        time.sleep(rng.uniform(0.4, 1.6))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        n = query(dsn, "SELECT count(*) FROM copied")[0][0] if _has_table(dsn) else 0
+        mid_stream += 0 < n < N_EVENTS
+    producer.join()
+    assert mid_stream >= 5, "kills should land while the worker is copying"
+    # Final run to completion, then a graceful stop.
+    proc = _start_worker(cfg)
+    deadline = time.monotonic() + 180
+    while sum(committed().values()) < N_EVENTS:  # type: ignore[operator]
+        assert time.monotonic() < deadline, "worker did not catch up"
+        assert proc.poll() is None, "worker died"
+        time.sleep(0.2)
+    while not _group_members(dsn):  # joined its group: signal handlers are in place
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    total, distinct = query(
+        dsn, 'SELECT count(*), count(DISTINCT (partition, "offset")) FROM copied'
+    )[0]
+    assert (total, distinct) == (N_EVENTS, N_EVENTS)  # 0 lost, 0 duplicated
+    rows = query(dsn, "SELECT key, (value->>'seq')::int FROM copied")
+    assert sorted(rows, key=lambda r: r[1]) == [(f"key-{i % 997}", i) for i in range(N_EVENTS)]
+
+
+def _group_members(dsn: str) -> int:
+    return int(
+        query(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'headwater-worker:copy'",
+        )[0][0]
+    )
+
+
+def _has_table(dsn: str) -> bool:
+    return bool(query(dsn, "SELECT to_regclass('public.copied') IS NOT NULL")[0][0])
+
+
+@pytest.mark.slow
+def test_sigkill_postgres_backend_loses_and_duplicates_nothing(tmp_path: Path, dsn: str) -> None:
+    cfg = _config(tmp_path, dsn)
+    log = PostgresLog(dsn)
+    log.create_topic(TopicSpec("events", 3))
+    lock = threading.Lock()
+
+    def append(batch: list[Record]) -> None:
+        with lock:
+            log.append("events", batch)
+
+    def committed() -> dict[int, int]:
+        return PostgresLog(dsn).committed("copy", "events")
+
+    crash_and_verify(cfg, dsn, append, committed)
+
+
+@pytest.mark.slow
+def test_per_key_order_with_two_workers_across_three_partitions(dsn: str) -> None:
+    from .procs import run_order_worker
+
+    log = PostgresLog(dsn)
+    log.create_topic(TopicSpec("versions", 3))
+    keys = [f"k{i}" for i in range(30)]
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=run_order_worker, args=(dsn, 40.0)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for v0 in range(0, 1000, 100):  # appended while both workers consume
+        log.append(
+            "versions",
+            [Record(k.encode(), str(v).encode()) for v in range(v0, v0 + 100) for k in keys],
+        )
+    deadline = time.monotonic() + 60
+    while sum(log.committed("order", "versions").values()) < 30_000:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for w in workers:
+        w.terminate()
+        w.join(10)
+    rows = query(dsn, "SELECT key, version, pid FROM applied ORDER BY seq")
+    assert len(rows) == 30_000
+    by_key: dict[str, list[int]] = {}
+    for k, v, _ in rows:
+        by_key.setdefault(k, []).append(v)
+    assert all(vs == list(range(1000)) for vs in by_key.values())
+    assert len({pid for _, _, pid in rows}) == 2, "both workers should have taken partitions"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import count
 
@@ -37,17 +38,25 @@ from headwater.log.base import (
     RetentionReport,
     TopicSpec,
 )
-from headwater.log.copy_binary import encode_rows
+from headwater.log.copy_binary import encode_records
 from headwater.log.partitioner import partition_for
 
 _COLUMNS = 'partition, "offset", ts_ms, key, value, headers'
+_RESERVE = (
+    "WITH locked AS MATERIALIZED (SELECT partition FROM headwater.log_partitions"
+    " WHERE topic_id = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE)"
+    " UPDATE headwater.log_partitions lp SET next_offset = lp.next_offset + v.n"
+    " FROM unnest(%s::int4[], %s::int8[]) AS v(p, n), locked"
+    " WHERE lp.topic_id = %s AND lp.partition = v.p AND locked.partition = v.p"
+    " RETURNING lp.partition, lp.next_offset - v.n"
+)
 _POLL_S = 0.005
 _MEMBERSHIP_REFRESH_S = 0.5
 _MAX_SLOTS = 256
 
 
 class _Topic:
-    __slots__ = ("compacted", "id", "name", "partitions", "table")
+    __slots__ = ("compacted", "copy_stmt", "id", "name", "partitions", "table")
 
     def __init__(self, id: int, name: str, partitions: int, compacted: bool) -> None:
         self.id = id
@@ -55,6 +64,8 @@ class _Topic:
         self.partitions = partitions
         self.compacted = compacted
         self.table = sql.Identifier("headwater_log", f"t_{id}")
+        # Rendered once: composing SQL costs ~0.4 ms per call.
+        self.copy_stmt = f"COPY headwater_log.t_{id} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 
 class PostgresLog:
@@ -176,39 +187,27 @@ class PostgresLog:
             return []
         t = self._topic(topic, conn)
         n = t.partitions
+        rr = self._round_robin
         parts = [
-            partition_for(r.key, n) if r.key is not None else next(self._round_robin) % n
-            for r in records
+            partition_for(r.key, n) if r.key is not None else next(rr) % n for r in records
         ]
-        used = sorted(set(parts))
+        counts = Counter(parts)
+        used = sorted(counts)
         c = conn if conn is not None else self._conn
         with c.transaction():
+            # One round trip: lock the partition rows in partition order (appenders never
+            # deadlock), reserve the offsets, return where this batch starts.
             rows = c.execute(
-                "SELECT partition, next_offset FROM headwater.log_partitions"
-                " WHERE topic_id = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
-                (t.id, used),
+                _RESERVE, (t.id, used, used, [counts[p] for p in used], t.id), prepare=True
             ).fetchall()
             nxt = dict(rows)
             now = int(time.time() * 1000)
             out: list[tuple[int, int]] = []
-            encoded = []
-            for r, p in zip(records, parts, strict=True):
-                off = nxt[p]
-                nxt[p] = off + 1
-                out.append((p, off))
-                encoded.append((p, off, r.timestamp_ms or now, r.key, r.value, r.headers or None))
-            with c.cursor().copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    t.table, sql.SQL(_COLUMNS)
-                )
-            ) as cp:
-                cp.write(encode_rows(encoded))
-            c.execute(
-                "UPDATE headwater.log_partitions lp SET next_offset = v.n"
-                " FROM unnest(%s::int4[], %s::int8[]) AS v(p, n)"
-                " WHERE lp.topic_id = %s AND lp.partition = v.p",
-                (list(nxt), list(nxt.values()), t.id),
-            )
+            for p in parts:
+                out.append((p, nxt[p]))
+                nxt[p] += 1
+            with c.cursor().copy(t.copy_stmt) as cp:
+                cp.write(encode_records(records, out, now))
         return out
 
     # -- read --------------------------------------------------------------------------

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from kafka_broker import kafka_bootstrap, offsets_dsn  # noqa: F401 (session fixtures)
 
 from headwater.config.model import KafkaConfig
 from headwater.errors import FencedError, LogError, TopicMismatch, TopicNotFound
 from headwater.log.base import Batch, Record, TopicSpec
 from headwater.log.kafka import KafkaBatchReader, KafkaLog
 from headwater.log.partitioner import partition_for
+from kafka_broker import kafka_bootstrap, offsets_dsn  # noqa: F401 (session fixtures)
 
 pytestmark = pytest.mark.kafka
 
@@ -130,7 +130,8 @@ def test_append_partitions_by_key_and_reads_back(klog: KafkaLog) -> None:
 
 
 def test_reader_commits_continues_and_rewinds_on_rollback(
-    klog: KafkaLog, offsets_dsn: str  # noqa: F811
+    klog: KafkaLog,
+    offsets_dsn: str,  # noqa: F811
 ) -> None:
     topic = _topic(klog, "reader")
     group = _name("g")
@@ -175,7 +176,8 @@ def test_reader_commits_continues_and_rewinds_on_rollback(
 
 
 def test_commit_is_fenced_when_stored_offsets_moved(
-    klog: KafkaLog, offsets_dsn: str  # noqa: F811
+    klog: KafkaLog,
+    offsets_dsn: str,  # noqa: F811
 ) -> None:
     topic = _topic(klog, "fence")
     group = _name("g")
@@ -192,10 +194,9 @@ def test_commit_is_fenced_when_stored_offsets_moved(
                     " next_offset) SELECT %s, %s, p, 2 FROM generate_series(0, 2) p",
                     (group, topic),
                 )
-            with pytest.raises(FencedError, match="another worker"):
-                with conn.transaction():
-                    for b in batches:
-                        reader.commit(conn, b)
+            with pytest.raises(FencedError, match="another worker"), conn.transaction():
+                for b in batches:
+                    reader.commit(conn, b)
             reader.after_rollback()
             assert klog.committed(group, topic) == {0: 2, 1: 2, 2: 2}
             again = _take(reader, conn, 30 - 6)  # resumes where the other worker left
@@ -205,7 +206,8 @@ def test_commit_is_fenced_when_stored_offsets_moved(
 
 
 def test_two_readers_of_one_group_share_partitions(
-    klog: KafkaLog, offsets_dsn: str  # noqa: F811
+    klog: KafkaLog,
+    offsets_dsn: str,  # noqa: F811
 ) -> None:
     topic = _topic(klog, "share")
     group = _name("g")

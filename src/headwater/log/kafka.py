@@ -29,6 +29,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -368,28 +369,30 @@ class KafkaLog:
         results: list[tuple[int, int] | None] = [None] * len(records)
         errors: list[str] = []
         producer = self._producer
+        # With the idempotent producer, delivery reports of a partition come in
+        # produce order: a FIFO of input indexes per partition maps them back.
+        waiting: dict[int, deque[int]] = {p: deque() for p in range(n)}
 
-        def delivered(i: int, err: Any, msg: Any) -> None:
+        def delivered(err: Any, msg: Any) -> None:
+            p = msg.partition()
+            i = waiting[p].popleft()
             if err is not None:
-                errors.append(f"{topic}[{msg.partition()}]: {err.str()}")
+                errors.append(f"{topic}[{p}]: {err.str()}")
             else:
-                results[i] = (msg.partition(), msg.offset())
+                results[i] = (p, msg.offset())
 
+        produce = producer.produce
         for i, rec in enumerate(records):
-            partition = partition_for(rec.key, n) if rec.key is not None else next(rr) % n
-            kwargs: dict[str, Any] = {
-                "value": rec.value,
-                "key": rec.key,
-                "partition": partition,
-                "on_delivery": lambda err, msg, i=i: delivered(i, err, msg),
-            }
-            if rec.headers:
-                kwargs["headers"] = [(k, v.encode()) for k, v in rec.headers.items()]
-            if rec.timestamp_ms is not None:
-                kwargs["timestamp"] = rec.timestamp_ms
+            p = partition_for(rec.key, n) if rec.key is not None else next(rr) % n
+            ts = rec.timestamp_ms or 0  # 0: the producer's clock
+            waiting[p].append(i)
             while True:
                 try:
-                    producer.produce(topic, **kwargs)
+                    if rec.headers:
+                        hdrs = [(k, v.encode()) for k, v in rec.headers.items()]
+                        produce(topic, rec.value, rec.key, p, delivered, timestamp=ts, headers=hdrs)
+                    else:
+                        produce(topic, rec.value, rec.key, p, delivered, timestamp=ts)
                     break
                 except BufferError:  # local queue full: let deliveries drain it
                     producer.poll(0.05)
@@ -431,7 +434,9 @@ class KafkaLog:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                msgs = consumer.consume(min(max_records - len(out), 10_000), min(remaining, 0.5))
+                # Short slices: consume() waits its whole timeout unless the batch
+                # fills, and the end of the partition shows only as an EOF event.
+                msgs = consumer.consume(min(max_records - len(out), 10_000), min(remaining, 0.02))
                 eof = False
                 for msg in msgs:
                     err = msg.error()

@@ -266,3 +266,35 @@ def test_two_readers_of_one_group_share_partitions(
     assert committed[0] and committed[1]
     assert {p for p, _ in committed[0]}.isdisjoint({p for p, _ in committed[1]})
     assert owned[0] and owned[1]
+
+
+def test_new_reader_starts_at_offsets_stored_in_postgres(
+    klog: KafkaLog,
+    offsets_dsn: str,  # noqa: F811
+) -> None:
+    topic = _topic(klog, "resume")
+    group = _name("g")
+    placed = klog.append(topic, [Record(b"k%d" % i, b"v%d" % i) for i in range(30)])
+    stored = {0: 3, 1: 4}  # partition 2 never committed: starts at the beginning
+    with psycopg.connect(offsets_dsn) as conn:
+        for p, off in stored.items():
+            conn.execute(
+                "INSERT INTO headwater.consumer_offsets (group_name, topic, partition,"
+                " next_offset) VALUES (%s, %s, %s, %s)",
+                (group, topic, p, off),
+            )
+    expected = sorted(x for x in placed if x[1] >= stored.get(x[0], 0))
+    reader = klog.reader(group, topic)
+    try:
+        with psycopg.connect(offsets_dsn) as conn:
+            batches = _take(reader, conn, len(expected))
+            assert _keys(batches) == expected
+            assert batches[0].start_offsets == {
+                p: stored.get(p, 0) for p in batches[0].start_offsets
+            }
+            _commit(reader, conn, batches)  # not fenced: it started where PG said
+    finally:
+        reader.close()
+    assert klog.committed(group, topic) == {
+        p: max(o for q, o in placed if q == p) + 1 for p in range(3)
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ FAST_GROUPS = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
 @pytest.fixture(scope="module")
 def klog(kafka_bootstrap: str, offsets_dsn: str) -> Iterator[KafkaLog]:  # noqa: F811
     log = KafkaLog(
-        KafkaConfig(bootstrap_servers=kafka_bootstrap, client_id="hw-test"),
+        KafkaConfig(bootstrap_servers=kafka_bootstrap, client_id="hw-test", replication_factor=1),
         offsets_dsn,
         consumer_config=FAST_GROUPS,
     )
@@ -298,3 +299,11 @@ def test_new_reader_starts_at_offsets_stored_in_postgres(
     assert klog.committed(group, topic) == {
         p: max(o for q, o in placed if q == p) + 1 for p in range(3)
     }
+
+
+def test_module_imports_without_confluent_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # makes the import fail
+    with pytest.raises(MissingDependency, match=r"pip install 'headwater\[kafka\]'"):
+        KafkaLog(KafkaConfig(replication_factor=1), "postgresql://unused@/x")

@@ -16,12 +16,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import psycopg  # noqa: E402
-from _common import Timer, embedded_database, row  # noqa: E402
+import psycopg
 
-from headwater.log.base import Record, TopicSpec  # noqa: E402
-from headwater.log.copy_binary import encode_rows  # noqa: E402
-from headwater.log.postgres import PostgresLog  # noqa: E402
+from _common import Timer, embedded_database, row
+from headwater.log.base import Record, TopicSpec
+from headwater.log.copy_binary import encode_rows
+from headwater.log.postgres import PostgresLog
 
 VALUE = b"x" * 200
 
@@ -69,8 +69,9 @@ def append(dsn: str, topic: str, n: int, batch: int) -> float:
 
 def _produce(dsn: str, n: int, batch: int) -> None:
     log = PostgresLog(dsn)
-    recs = [Record(f"customer-{i % 10_000}".encode(), b'{"v": "' + b"x" * 190 + b'"}')
-            for i in range(n)]
+    recs = [
+        Record(f"customer-{i % 10_000}".encode(), b'{"v": "' + b"x" * 190 + b'"}') for i in range(n)
+    ]
     for s in range(0, n, batch):
         log.append("e2e", recs[s : s + batch])
 
@@ -84,8 +85,14 @@ def end_to_end(dsn: str, n: int, batch: int) -> float:
     log.create_topic(TopicSpec("e2e", 3))
     ctx = multiprocessing.get_context("spawn")
     producer = ctx.Process(target=_produce, args=(dsn, n, batch))
-    worker = Worker(pipeline="bench", topic="e2e", processor=TableSink("sink"), log=log,
-                    dsn=dsn, options=WorkerOptions(batch_max_events=5000, batch_max_ms=20))
+    worker = Worker(
+        pipeline="bench",
+        topic="e2e",
+        processor=TableSink("sink"),
+        log=log,
+        dsn=dsn,
+        options=WorkerOptions(batch_max_events=5000, batch_max_ms=20),
+    )
     start = time.perf_counter()
     producer.start()
     done = 0

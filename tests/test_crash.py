@@ -36,9 +36,9 @@ def _config(tmp_path: Path, dsn: str, log_section: str = "") -> Path:
     return cfg
 
 
-def _start_worker(cfg: Path) -> subprocess.Popen[bytes]:
+def _start_worker(cfg: Path, pipeline: str = "copy") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "headwater", "worker", "--config", str(cfg), "--pipeline", "copy"],
+        [sys.executable, "-m", "headwater", "worker", "--config", str(cfg), "--pipeline", pipeline],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -50,7 +50,14 @@ def _events() -> list[Record]:
     ]
 
 
-def crash_and_verify(cfg: Path, dsn: str, append: object, committed: object) -> None:
+def crash_and_verify(
+    cfg: Path,
+    dsn: str,
+    append: object,
+    committed: object,
+    run_s: tuple[float, float] = (0.0, 0.3),
+    pipeline: str = "copy",
+) -> None:
     from headwater.config import load_settings
     from headwater.engine.runtime import bootstrap
 
@@ -68,22 +75,26 @@ def crash_and_verify(cfg: Path, dsn: str, append: object, committed: object) -> 
     mid_stream = 0
     producer.start()
     for _ in range(N_KILLS):
-        proc = _start_worker(cfg)
-        time.sleep(rng.uniform(0.4, 1.6))
+        proc = _start_worker(cfg, pipeline)
+        # Kill at a random moment once this run is copying (a group join can take
+        # seconds on Kafka), so the kills land mid-stream, mid-batch or mid-commit.
+        before, deadline = _count(dsn), time.monotonic() + 60
+        while _count(dsn) == before and before < N_EVENTS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(*run_s))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        n = query(dsn, "SELECT count(*) FROM copied")[0][0] if _has_table(dsn) else 0
-        mid_stream += 0 < n < N_EVENTS
+        mid_stream += 0 < _count(dsn) < N_EVENTS
     producer.join()
     assert mid_stream >= 5, "kills should land while the worker is copying"
     # Final run to completion, then a graceful stop.
-    proc = _start_worker(cfg)
+    proc = _start_worker(cfg, pipeline)
     deadline = time.monotonic() + 180
     while sum(committed().values()) < N_EVENTS:  # type: ignore[operator]
         assert time.monotonic() < deadline, "worker did not catch up"
         assert proc.poll() is None, "worker died"
         time.sleep(0.2)
-    while not _group_members(dsn):  # joined its group: signal handlers are in place
+    while not _group_members(dsn, pipeline):  # joined its group: signal handlers are in place
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
@@ -95,14 +106,13 @@ def crash_and_verify(cfg: Path, dsn: str, append: object, committed: object) -> 
     assert sorted(rows, key=lambda r: r[1]) == [(f"key-{i % 997}", i) for i in range(N_EVENTS)]
 
 
-def _group_members(dsn: str) -> int:
-    return int(
-        query(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = 'headwater-worker:copy'",
-        )[0][0]
-    )
+def _group_members(dsn: str, pipeline: str) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    return int(query(dsn, sql, (f"headwater-worker:{pipeline}",))[0][0])
+
+
+def _count(dsn: str) -> int:
+    return int(query(dsn, "SELECT count(*) FROM copied")[0][0]) if _has_table(dsn) else 0
 
 
 def _has_table(dsn: str) -> bool:
@@ -124,6 +134,43 @@ def test_sigkill_postgres_backend_loses_and_duplicates_nothing(tmp_path: Path, d
         return PostgresLog(dsn).committed("copy", "events")
 
     crash_and_verify(cfg, dsn, append, committed)
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_sigkill_kafka_backend_loses_and_duplicates_nothing(
+    tmp_path: Path, dsn: str, kafka_bootstrap: str
+) -> None:
+    from headwater.config import load_settings
+    from headwater.log.kafka import KafkaLog
+
+    topic_suffix = os.urandom(3).hex()
+    cfg = _config(
+        tmp_path,
+        dsn,
+        f'log = "kafka"\n[storage.kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
+        "session_timeout_ms = 2000\nheartbeat_interval_ms = 500\n",
+    )
+    cfg.write_text(
+        cfg.read_text()
+        .replace('"events"', f'"events-{topic_suffix}"')
+        .replace('name = "copy"', f'name = "copy-{topic_suffix}"')
+    )
+    settings = load_settings(cfg)
+    klog = KafkaLog(settings.storage.kafka, dsn)
+    topic, group = f"events-{topic_suffix}", f"copy-{topic_suffix}"
+    klog.create_topic(TopicSpec(topic, 3))
+    lock = threading.Lock()
+
+    def append(batch: list[Record]) -> None:
+        with lock:
+            klog.append(topic, batch)
+
+    def committed() -> dict[int, int]:
+        return klog.committed(group, topic)
+
+    crash_and_verify(cfg, dsn, append, committed, pipeline=group)
+    klog.close()
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ from headwater.errors import FencedError, LogError, TopicMismatch, TopicNotFound
 from headwater.log.base import Batch, Record, TopicSpec
 from headwater.log.kafka import KafkaBatchReader, KafkaLog
 from headwater.log.partitioner import partition_for
-from kafka_broker import kafka_bootstrap, offsets_dsn  # noqa: F401 (session fixtures)
 
 pytestmark = pytest.mark.kafka
 
@@ -25,7 +24,7 @@ FAST_GROUPS = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
 
 
 @pytest.fixture(scope="module")
-def klog(kafka_bootstrap: str, offsets_dsn: str) -> Iterator[KafkaLog]:  # noqa: F811
+def klog(kafka_bootstrap: str, offsets_dsn: str) -> Iterator[KafkaLog]:
     log = KafkaLog(
         KafkaConfig(bootstrap_servers=kafka_bootstrap, client_id="hw-test", replication_factor=1),
         offsets_dsn,
@@ -132,7 +131,7 @@ def test_append_partitions_by_key_and_reads_back(klog: KafkaLog) -> None:
 
 def test_reader_commits_continues_and_rewinds_on_rollback(
     klog: KafkaLog,
-    offsets_dsn: str,  # noqa: F811
+    offsets_dsn: str,
 ) -> None:
     topic = _topic(klog, "reader")
     group = _name("g")
@@ -178,7 +177,7 @@ def test_reader_commits_continues_and_rewinds_on_rollback(
 
 def test_commit_is_fenced_when_stored_offsets_moved(
     klog: KafkaLog,
-    offsets_dsn: str,  # noqa: F811
+    offsets_dsn: str,
 ) -> None:
     topic = _topic(klog, "fence")
     group = _name("g")
@@ -208,7 +207,7 @@ def test_commit_is_fenced_when_stored_offsets_moved(
 
 def test_two_readers_of_one_group_share_partitions(
     klog: KafkaLog,
-    offsets_dsn: str,  # noqa: F811
+    offsets_dsn: str,
 ) -> None:
     topic = _topic(klog, "share")
     group = _name("g")
@@ -271,7 +270,7 @@ def test_two_readers_of_one_group_share_partitions(
 
 def test_new_reader_starts_at_offsets_stored_in_postgres(
     klog: KafkaLog,
-    offsets_dsn: str,  # noqa: F811
+    offsets_dsn: str,
 ) -> None:
     topic = _topic(klog, "resume")
     group = _name("g")

@@ -32,6 +32,10 @@ class KafkaConfig(_Model):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    """How fast a dead worker's partitions move to others. Some brokers (tansu) hold a
+    group join for half of this, so it also bounds start-up."""
+    heartbeat_interval_ms: int = Field(2_000, ge=100)
 
 
 class StorageConfig(_Model):

@@ -169,7 +169,12 @@ class KafkaLog:
         self._dsn = dsn
         self._common = _client_config(config)
         self._producer_conf = {**PRODUCER_DEFAULTS, **(producer_config or {})}
-        self._consumer_conf = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
+        self._consumer_conf = {
+            **CONSUMER_DEFAULTS,
+            "session.timeout.ms": config.session_timeout_ms,
+            "heartbeat.interval.ms": config.heartbeat_interval_ms,
+            **(consumer_config or {}),
+        }
         self._admin_client: Any = None
         self._producer_client: Any = None
         self._read_consumer: Any = None

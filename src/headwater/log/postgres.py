@@ -188,9 +188,7 @@ class PostgresLog:
         t = self._topic(topic, conn)
         n = t.partitions
         rr = self._round_robin
-        parts = [
-            partition_for(r.key, n) if r.key is not None else next(rr) % n for r in records
-        ]
+        parts = [partition_for(r.key, n) if r.key is not None else next(rr) % n for r in records]
         counts = Counter(parts)
         used = sorted(counts)
         c = conn if conn is not None else self._conn

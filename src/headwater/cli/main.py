@@ -314,6 +314,19 @@ def worker(
 
 
 @app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
+        ".headwater-demo"
+    ),
+    events: Annotated[int, typer.Option(help="Order events to generate.")] = 20_000,
+) -> None:
+    """Run the walk-through on the embedded default: log, worker, exactly-once table."""
+    from headwater.demo.foundation import run
+
+    run(data_dir.resolve(), events, out)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     out.print(__version__)

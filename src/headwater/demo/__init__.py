@@ -1,0 +1,1 @@
+"""``headwater demo``: the system working end to end on the embedded default."""

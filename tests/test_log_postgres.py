@@ -167,12 +167,13 @@ def test_retention_by_time_and_size(log: PostgresLog) -> None:
     log.append("old", [Record(b"k", b"x", timestamp_ms=now - 120_000) for _ in range(5)])
     log.append("old", [Record(b"k", b"y", timestamp_ms=now) for _ in range(3)])
     log.create_topic(TopicSpec("big", 1, retention_bytes=100))
-    log.append("big", [Record(None, b"z" * 30) for _ in range(10)])
+    for _ in range(10):  # ten segments of 54 bytes (24-byte frame + 30-byte value)
+        log.append("big", [Record(None, b"z" * 30)])
     report = log.enforce_retention()
-    assert report.deleted == 5 + 7
+    assert report.deleted == 5 + 8
     assert [r.value for r in log.read("old", 0, 0)] == [b"y"] * 3
     assert log.partitions("old")[0].start_offset == 5
-    assert [r.offset for r in log.read("big", 0, 0)] == [7, 8, 9]
+    assert [r.offset for r in log.read("big", 0, 0)] == [8, 9]
 
 
 def test_compaction_keeps_latest_per_key_and_drops_old_tombstones(

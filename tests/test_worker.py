@@ -48,7 +48,8 @@ def test_poison_record_goes_to_dlq_and_pipeline_keeps_going(log: PostgresLog, ds
     h = dead.headers
     assert h["origin_topic"] == "in" and h["origin_partition"] == "0"
     assert h["origin_offset"] == "137" and h["pipeline"] == "p" and h["trace"] == "abc"
-    assert "value is not JSON" in h["error"] and h["error_type"] == "ProcessingError"
+    assert "invalid input syntax for type json" in h["error"]
+    assert h["error_type"] == "InvalidTextRepresentation"
     assert query(dsn, "SELECT dead_letters, events FROM headwater.pipeline_stats") == [(1, 251)]
 
 

@@ -55,8 +55,10 @@ def run(data_dir: Path, events: int, console: Console) -> None:
     logging.getLogger("headwater.engine.worker").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     rt = bootstrap(settings)
-    console.print(f"[bold]1.[/bold] PostgreSQL 18 + pgvector ready in {settings.data_dir} "
-                  f"({time.perf_counter() - t0:.1f}s)")
+    console.print(
+        f"[bold]1.[/bold] PostgreSQL 18 + pgvector ready in {settings.data_dir} "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
     try:
         rng = random.Random(42)
         records = []
@@ -72,42 +74,57 @@ def run(data_dir: Path, events: int, console: Console) -> None:
         for s in range(0, len(records), 1000):
             rt.log.append("demo.orders", records[s : s + 1000])
         dt = time.perf_counter() - t0
-        console.print(f"[bold]2.[/bold] appended {len(records):,} order events to the log "
-                      f"({len(records) / dt:,.0f}/s), one of them malformed")
+        console.print(
+            f"[bold]2.[/bold] appended {len(records):,} order events to the log "
+            f"({len(records) / dt:,.0f}/s), one of them malformed"
+        )
         t0 = time.perf_counter()
         worker = Worker(
-            pipeline="orders-replica", topic="demo.orders",
-            processor=TableSink("demo.orders", "upsert"), log=rt.log, dsn=rt.dsn,
+            pipeline="orders-replica",
+            topic="demo.orders",
+            processor=TableSink("demo.orders", "upsert"),
+            log=rt.log,
+            dsn=rt.dsn,
             options=WorkerOptions(batch_max_events=2000, batch_max_ms=10),
         )
         stats = worker.run(until_idle=True)
         dt = time.perf_counter() - t0
-        console.print(f"[bold]3.[/bold] worker merged {stats.events:,} events into demo.orders "
-                      f"in {dt:.2f}s ({stats.events / dt:,.0f}/s), exactly once; "
-                      f"{stats.dead_letters} dead-lettered")
-        expected = {}
+        console.print(
+            f"[bold]3.[/bold] worker merged {stats.events:,} events into demo.orders "
+            f"in {dt:.2f}s ({stats.events / dt:,.0f}/s), exactly once; "
+            f"{stats.dead_letters} dead-lettered"
+        )
+        expected: dict[bytes | None, bytes | None] = {}
         for r in records:
             if r.key == b"order-broken":
                 continue
             expected[r.key] = r.value
-        want = {k.decode(): json.loads(v) for k, v in expected.items() if v is not None}
+        want = {k.decode(): json.loads(v) for k, v in expected.items() if k and v}
         with connect(rt.dsn) as conn:
             got = dict(conn.execute("SELECT key, value FROM demo.orders").fetchall())
         ok = got == want
-        console.print(f"[bold]4.[/bold] replica check: {len(got):,} live orders, "
-                      + ("[green]identical to replaying the events[/green]" if ok
-                         else "[red]MISMATCH[/red]"))
+        console.print(
+            f"[bold]4.[/bold] replica check: {len(got):,} live orders, "
+            + ("[green]identical to replaying the events[/green]" if ok else "[red]MISMATCH[/red]")
+        )
         table = Table(title="headwater status")
         for col in ("pipeline", "events", "lag", "dead letters", "partitions (committed/end)"):
             table.add_column(col)
         for st in pipeline_statuses(rt):
-            table.add_row(st.name, str(st.events), str(st.lag), str(st.dead_letters),
-                          " ".join(f"{p.committed}/{p.end}" for p in st.partitions))
+            table.add_row(
+                st.name,
+                str(st.events),
+                str(st.lag),
+                str(st.dead_letters),
+                " ".join(f"{p.committed}/{p.end}" for p in st.partitions),
+            )
         console.print(table)
         (dead,) = rt.log.read("orders-replica.dlq", 0, 0, 1)
-        console.print(f"dead letter: key={dead.key!r} error={dead.headers['error']!r} "
-                      f"origin={dead.headers['origin_topic']}/{dead.headers['origin_partition']}"
-                      f"/{dead.headers['origin_offset']}")
+        console.print(
+            f"dead letter: key={dead.key!r} error={dead.headers['error']!r} "
+            f"origin={dead.headers['origin_topic']}/{dead.headers['origin_partition']}"
+            f"/{dead.headers['origin_offset']}"
+        )
         if not ok:
             from headwater.errors import HeadwaterError
 

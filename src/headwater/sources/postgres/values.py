@@ -142,7 +142,10 @@ def parse_array(text: str) -> list[Any]:
         text = text[text.index("=") + 1 :]
     if not text.startswith("{"):
         raise ValueError(f"not an array literal: {text[:40]!r}")
-    out, end = _parse_level(text, 0)
+    try:
+        out, end = _parse_level(text, 0)
+    except IndexError:
+        raise ValueError(f"unterminated array literal: {text[:40]!r}") from None
     if end != len(text):
         raise ValueError(f"trailing characters in array literal: {text[:40]!r}")
     return out

@@ -174,6 +174,8 @@ class PostgresSource:
         self._ready_end = 0
         self._ready_since = 0.0
         self._durable = 0
+        self._fragments: dict[int, tuple[env.TableShape, bytes]] = {}
+        self._now_ms = 0
         self.stats = {"snapshot_rows": 0, "events": 0, "transactions": 0, "skipped_tx": 0}
 
     # -- public -----------------------------------------------------------------------
@@ -532,6 +534,8 @@ class PostgresSource:
             assert isinstance(m, Begin)
             self._tx = m
             self._tx_rows = []
+            self._fragments.clear()  # the source block names the transaction
+            self._now_ms = int(time.time() * 1000)
         elif t is Commit:
             assert isinstance(m, Commit)
             self._on_commit(m)
@@ -566,21 +570,19 @@ class PostgresSource:
     ) -> bytes:
         tx = self._tx
         assert tx is not None
-        return env.encode(
-            env.change_event(
-                op=op,
-                shape=shape,
-                before=before,
-                after=after,
+        frag = self._fragments.get(shape.relid)
+        if frag is None or frag[0] is not shape:
+            src = env.source_fragment(
+                shape,
                 source_name=self.name,
                 db=self._db,
                 lsn=tx.final_lsn,
                 tx_id=tx.xid,
                 commit_ts_ms=tx.commit_ts_us // 1000,
                 snapshot=False,
-                unchanged_toast=missing,
             )
-        )
+            frag = self._fragments[shape.relid] = (shape, src)
+        return env.encode_change(op, before, after, frag[1], self._now_ms, missing)
 
     def _emit(
         self,

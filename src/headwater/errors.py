@@ -9,6 +9,7 @@
     │   └── FencedError        another worker owns the partitions this batch read
     ├── ProcessingError        a record could not be processed (goes to the DLQ)
     ├── RetryableError         a transient failure: the batch is retried with backoff
+    ├── SourceError            a source cannot capture (setup refused, slot lost, bad data)
     └── MissingDependency      an optional extra is not installed
 
 Messages never contain secrets: DSNs are shown with their password masked.
@@ -54,6 +55,12 @@ class ProcessingError(HeadwaterError):
 
 class RetryableError(HeadwaterError):
     """A transient failure (a service briefly away); the worker retries the batch."""
+
+
+class SourceError(HeadwaterError):
+    """A source cannot capture changes: the database refused the setup (``wal_level``,
+    privileges), its position is gone (a dropped or invalidated slot), or a change could
+    not be decoded. The message says what to change; nothing is skipped silently."""
 
 
 class MissingDependency(HeadwaterError):

@@ -9,6 +9,7 @@
     │   └── FencedError        another worker owns the partitions this batch read
     ├── ProcessingError        a record could not be processed (goes to the DLQ)
     ├── RetryableError         a transient failure: the batch is retried with backoff
+    ├── SourceError            a CDC source failed or refused to start
     └── MissingDependency      an optional extra is not installed
 
 Messages never contain secrets: DSNs are shown with their password masked.
@@ -54,6 +55,10 @@ class ProcessingError(HeadwaterError):
 
 class RetryableError(HeadwaterError):
     """A transient failure (a service briefly away); the worker retries the batch."""
+
+
+class SourceError(HeadwaterError):
+    """A change-data-capture source failed or refused to start (the message says how to fix it)."""
 
 
 class MissingDependency(HeadwaterError):

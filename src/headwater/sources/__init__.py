@@ -1,0 +1,1 @@
+"""Sources: capture changes from operational systems into the log."""

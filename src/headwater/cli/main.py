@@ -98,6 +98,7 @@ def up(
     sup = Supervisor(
         config.resolve(),
         {p.name: p.processes or settings.worker.processes for p in settings.pipelines},
+        tuple(s.name for s in settings.sources),
     )
     sup.start()
     server = None
@@ -105,7 +106,8 @@ def up(
         server = _start_server(rt, settings)
         out.print(f"headwater {__version__}: http://{settings.server.host}:{settings.server.port}")
     out.print(
-        f"{len(sup.children)} worker(s) for {len(settings.pipelines)} pipeline(s); Ctrl-C to stop"
+        f"{len(settings.sources)} source(s), {len(sup.children) - len(settings.sources)} "
+        f"worker(s) for {len(settings.pipelines)} pipeline(s); Ctrl-C to stop"
     )
     next_maintenance = time.monotonic() + settings.worker.maintenance_interval_s
     try:
@@ -324,6 +326,25 @@ def demo(
     from headwater.demo.foundation import run
 
     run(data_dir.resolve(), events, out)
+
+
+@app.command(hidden=True)
+def source(
+    name: Annotated[str, typer.Option(help="Source to run.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Run one configured source (started by `headwater up`); SIGTERM stops it after
+    the transactions it holds are durable and acknowledged."""
+    from headwater.sources.runner import run_source
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_source(_settings(config), name, stop)
 
 
 @app.command()

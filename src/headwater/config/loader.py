@@ -20,7 +20,7 @@ from headwater.errors import ConfigError
 
 DEFAULT_CONFIG = Path("headwater.toml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_FROM_ENV = "\x00env"  # marker kept beside interpolated values to mask them in errors
+_DISCRIMINATORS = ("processor", "kind")  # keys that pick a model in a union
 
 
 def load_settings(path: Path | str | None = None, *, required: bool = True) -> Settings:
@@ -107,9 +107,12 @@ def _explain(
     if kind == "missing":
         return f"{path}: {key}: required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = err["input"].get("processor") if isinstance(err.get("input"), dict) else None
+        field = str(err.get("ctx", {}).get("discriminator", "'kind'")).strip("'")
+        tag = err["input"].get(field) if isinstance(err.get("input"), dict) else None
         valid = err.get("ctx", {}).get("expected_tags", "")
-        return f"{path}: {key}.processor: {_short(tag)} is not valid: expected one of {valid}"
+        if kind == "union_tag_not_found":
+            return f"{path}: {key}.{field}: required key is missing; expected one of {valid}"
+        return f"{path}: {key}.{field}: {_short(tag)} is not valid: expected one of {valid}"
     value = "<from environment>" if loc in secret_paths else _short(err.get("input"))
     msg = err["msg"].removeprefix("Value error, ")
     return f"{path}: {key}: {value} is not valid: {msg}"
@@ -121,7 +124,7 @@ def _strip_union_tags(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[An
     node: Any = data
     prev_was_index = False
     for part in loc:
-        if prev_was_index and isinstance(node, dict) and node.get("processor") == part:
+        if prev_was_index and isinstance(node, dict) and part in _tags(node):
             prev_was_index = False
             continue
         out.append(part)
@@ -133,6 +136,10 @@ def _strip_union_tags(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[An
         else:
             node = None
     return tuple(out)
+
+
+def _tags(node: Mapping[str, Any]) -> set[Any]:
+    return {node.get(k) for k in _DISCRIMINATORS if isinstance(node.get(k), str)}
 
 
 def _valid_keys(loc: tuple[Any, ...], data: Mapping[str, Any]) -> list[str]:
@@ -160,9 +167,14 @@ def _model_of(annotation: Any, node: Any) -> type[BaseModel] | None:
     for arg in typing.get_args(annotation):
         m = _model_of(arg, node)
         if m is not None:
-            proc = node.get("processor") if isinstance(node, dict) else None
-            tag = m.model_fields.get("processor")
-            if proc is None or tag is None or proc in typing.get_args(tag.annotation):
+            for disc in _DISCRIMINATORS:
+                proc = node.get(disc) if isinstance(node, dict) else None
+                tag = m.model_fields.get(disc)
+                if proc is not None and tag is not None:
+                    if proc in typing.get_args(tag.annotation):
+                        return m
+                    break
+            else:
                 return m
     return None
 

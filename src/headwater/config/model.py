@@ -109,6 +109,58 @@ class TableSinkPipeline(_PipelineBase):
 PipelineConfig = Annotated[TableSinkPipeline, Field(discriminator="processor")]
 
 
+class _SourceBase(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    tables: tuple[str, ...] = Field(min_length=1)
+    topic_prefix: str | None = Field(None, pattern=NAME_PATTERN)
+    """Topics are ``<topic_prefix>.<schema or db>.<table>``; default: the source name."""
+    partitions: int = Field(3, ge=1, le=1024)
+
+    @property
+    def prefix(self) -> str:
+        return self.topic_prefix or self.name
+
+
+class PostgresSourceConfig(_SourceBase):
+    """Logical replication (pgoutput) from a PostgreSQL 10+ database."""
+
+    kind: Literal["postgres"]
+    dsn: SecretStr
+
+    @field_validator("dsn")
+    @classmethod
+    def _pg_dsn(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a DSN starting with postgresql://")
+        return v
+
+
+class MySQLSourceConfig(_SourceBase):
+    """Row-based binlog from MySQL 8 / MariaDB 10.5+."""
+
+    kind: Literal["mysql"]
+    dsn: SecretStr
+    server_id: int | None = Field(None, ge=1, le=4_294_967_295)
+
+    @field_validator("dsn")
+    @classmethod
+    def _mysql_dsn(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("mysql://", "mariadb://")):
+            raise ValueError("expected a DSN like mysql://user:password@host:3306")
+        return v
+
+    @field_validator("tables")
+    @classmethod
+    def _db_qualified(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [t for t in v if t.count(".") != 1]
+        if bad:
+            raise ValueError(f"tables must be written db.table: {', '.join(bad)}")
+        return v
+
+
+SourceConfig = Annotated[PostgresSourceConfig | MySQLSourceConfig, Field(discriminator="kind")]
+
+
 class Settings(_Model):
     """The whole of headwater.toml. ``config_path`` is set by the loader."""
 
@@ -116,6 +168,7 @@ class Settings(_Model):
     storage: StorageConfig = StorageConfig()
     server: ServerConfig = ServerConfig()
     worker: WorkerConfig = WorkerConfig()
+    sources: tuple[SourceConfig, ...] = ()
     topics: tuple[TopicConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
     config_path: Path | None = Field(None, exclude=True)
@@ -123,6 +176,7 @@ class Settings(_Model):
     @model_validator(mode="after")
     def _names_unique(self) -> Settings:
         for what, names in (
+            ("sources", [s.name for s in self.sources]),
             ("topics", [t.name for t in self.topics]),
             ("pipelines", [p.name for p in self.pipelines]),
         ):

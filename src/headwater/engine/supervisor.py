@@ -1,6 +1,8 @@
-"""``headwater up``: worker processes per pipeline, restarted when they die.
+"""``headwater up``: a process per source and per pipeline worker, restarted when
+they die.
 
-Each worker is a child process (``headwater worker --pipeline NAME``). Children ask
+Each is a child process (``headwater source --name NAME`` or ``headwater worker
+--pipeline NAME``). Children ask
 the kernel for SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``), so a killed
 supervisor leaves no orphan working on. Stop: SIGTERM to every child, wait up to
 ``grace_s`` for them to finish their batch and commit, then SIGKILL what remains.
@@ -34,7 +36,8 @@ def _die_with_parent() -> None:
 
 @dataclass
 class _Child:
-    pipeline: str
+    label: str
+    args: list[str]
     index: int
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -45,26 +48,29 @@ class _Child:
 class Supervisor:
     """Starts, watches and stops the worker processes of all pipelines."""
 
-    def __init__(self, config_path: Path, processes: dict[str, int], grace_s: float = 30.0):
+    def __init__(
+        self,
+        config_path: Path,
+        processes: dict[str, int],
+        sources: tuple[str, ...] = (),
+        grace_s: float = 30.0,
+    ):
         self.config_path = config_path
-        self.children = [_Child(name, i) for name, n in processes.items() for i in range(n)]
+        self.children = [
+            _Child(f"source {name}", ["source", "--name", name], 0) for name in sources
+        ] + [
+            _Child(f"worker {name}", ["worker", "--pipeline", name], i)
+            for name, n in processes.items()
+            for i in range(n)
+        ]
         self.grace_s = grace_s
         self._stop = threading.Event()
 
     def _spawn(self, child: _Child) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "headwater",
-            "worker",
-            "--config",
-            str(self.config_path),
-            "--pipeline",
-            child.pipeline,
-        ]
+        cmd = [sys.executable, "-m", "headwater", *child.args, "--config", str(self.config_path)]
         child.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
-        log.info("started worker %s#%d (pid %d)", child.pipeline, child.index, child.proc.pid)
+        log.info("started %s#%d (pid %d)", child.label, child.index, child.proc.pid)
 
     def start(self) -> None:
         for c in self.children:
@@ -82,8 +88,8 @@ class Supervisor:
                 delay = min(60.0, 2.0**c.restarts)
                 c.next_start = now + delay
                 log.warning(
-                    "worker %s#%d exited with %s; restarting in %.0fs",
-                    c.pipeline,
+                    "%s#%d exited with %s; restarting in %.0fs",
+                    c.label,
                     c.index,
                     c.proc.returncode,
                     delay,

@@ -77,6 +77,15 @@ def test_up_captures_a_postgres_source_into_the_log(
         ]
         ops = sorted((e["op"], (e["after"] or e["before"])["id"]) for e in events)
         assert ops == [("d", 2), ("r", 1), ("r", 2), ("u", 1)]
+        st = subprocess.run(
+            [sys.executable, "-m", "headwater", "status", "--json", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        (src,) = json.loads(st.stdout)["sources"]
+        assert src["name"] == "crm" and src["snapshot_done"] is True
+        assert src["position"] and src["lag_bytes"] is not None and src["error"] is None
         (upd,) = [e for e in events if e["op"] == "u"]
         assert upd["after"] == {"id": 1, "name": "Ada L."}
         assert upd["source"]["table"] == "customers" and upd["source"]["lsn"]

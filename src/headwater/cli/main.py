@@ -153,16 +153,36 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Pipelines: lag, watermarks, throughput counters and dead letters."""
-    from headwater.engine.status import pipeline_statuses
+    from headwater.engine.status import pipeline_statuses, source_statuses
 
     rt = _runtime(_settings(config))
     try:
         sts = pipeline_statuses(rt)
+        srcs = source_statuses(rt)
     finally:
         rt.close()
     if as_json:
-        print(json.dumps({"pipelines": [s.to_json() for s in sts]}, indent=2))
+        print(
+            json.dumps(
+                {"sources": [s.to_json() for s in srcs], "pipelines": [s.to_json() for s in sts]},
+                indent=2,
+            )
+        )
         return
+    if srcs:
+        st_table = Table(title="sources")
+        for col in ("source", "kind", "tables", "snapshot", "position", "slot lag"):
+            st_table.add_column(col)
+        for x in srcs:
+            st_table.add_row(
+                x.name,
+                x.kind,
+                ", ".join(x.tables),
+                "-" if x.snapshot_done is None else ("done" if x.snapshot_done else "running"),
+                x.position or "-",
+                x.error or ("-" if x.lag_bytes is None else f"{x.lag_bytes} B"),
+            )
+        out.print(st_table)
     table = Table(title="pipelines")
     for col in (
         "pipeline",

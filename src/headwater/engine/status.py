@@ -95,3 +95,59 @@ def _count(rt: Runtime, topic: str) -> int:
         return sum(i.end_offset - i.start_offset for i in rt.log.partitions(topic))
     except TopicNotFound:
         return 0
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    name: str
+    kind: str
+    tables: list[str]
+    snapshot_done: bool | None
+    position: str | None
+    lag_bytes: int | None
+    """PostgreSQL: WAL the replication slot holds back (unconfirmed); None if unknown."""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def source_statuses(rt: Runtime) -> list[SourceStatus]:
+    """One entry per configured source: where it is and how far behind."""
+    out = []
+    with connect(rt.dsn, autocommit=True) as conn:
+        for s in rt.settings.sources:
+            done: bool | None = None
+            pos: str | None = None
+            lag: int | None = None
+            error: str | None = None
+            if s.kind == "postgres":
+                row = conn.execute(
+                    "SELECT snapshot_done, position FROM headwater.source_state WHERE source = %s",
+                    (s.name,),
+                ).fetchone()
+                if row:
+                    done, pos = row
+                try:
+                    with connect(
+                        s.dsn.get_secret_value(), autocommit=True, connect_timeout=3
+                    ) as src:
+                        r = src.execute(
+                            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(),"
+                            " confirmed_flush_lsn)::int8 FROM pg_replication_slots"
+                            " WHERE slot_name = %s",
+                            (f"headwater_{s.name}",),
+                        ).fetchone()
+                        lag = None if r is None or r[0] is None else int(r[0])
+                except Exception as exc:  # the source may be away: report, don't fail
+                    error = str(exc).splitlines()[0]
+            else:
+                row = conn.execute(
+                    "SELECT snapshot_done, binlog_file || ':' || binlog_pos"
+                    " FROM headwater.mysql_source_state WHERE source = %s",
+                    (s.name,),
+                ).fetchone()
+                if row:
+                    done, pos = row
+            out.append(SourceStatus(s.name, s.kind, list(s.tables), done, pos, lag, error))
+    return out

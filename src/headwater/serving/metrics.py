@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from headwater.engine.runtime import Runtime
-from headwater.engine.status import pipeline_statuses
+from headwater.engine.status import pipeline_statuses, source_statuses
 
 
 class PipelineCollector(Collector):
@@ -48,4 +48,12 @@ class PipelineCollector(Collector):
             dlq.add_metric([st.name], st.dead_letters)
             if st.last_batch_at is not None:
                 last.add_metric([st.name], st.last_batch_at.timestamp())
-        yield from (events, lag, dlq, last)
+        slot_lag = GaugeMetricFamily(
+            "headwater_source_slot_lag_bytes",
+            "WAL a PostgreSQL source's replication slot retains beyond its confirmed position",
+            labels=["source"],
+        )
+        for src in source_statuses(self.rt):
+            if src.lag_bytes is not None:
+                slot_lag.add_metric([src.name], src.lag_bytes)
+        yield from (events, lag, dlq, last, slot_lag)

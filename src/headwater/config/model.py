@@ -122,9 +122,7 @@ class ReplicaPipeline(_PipelineBase):
         return v
 
 
-PipelineConfig = Annotated[
-    TableSinkPipeline | ReplicaPipeline, Field(discriminator="processor")
-]
+PipelineConfig = Annotated[TableSinkPipeline | ReplicaPipeline, Field(discriminator="processor")]
 
 
 class Settings(_Model):

@@ -52,9 +52,19 @@ shape is read from the catalog each batch), so a re-run after a rollback or duri
 bisection gives the same result. A record that is not a change event (not JSON, no or
 unknown op, no row, no key) raises :class:`ProcessingError` and is dead-lettered.
 
-Limits: the primary key is fixed when the table is created (a key change at the
-source is not followed); column names must fit PostgreSQL's 63 bytes and not start
-with ``_hw_``.
+Limits:
+
+- the primary key is fixed when the table is created (a change of the source's key
+  definition is not followed); column names must fit PostgreSQL's 63 bytes and not
+  start with ``_hw_``;
+- a primary-key change that leaves a TOASTed value unchanged (PostgreSQL, REPLICA
+  IDENTITY DEFAULT) arrives as ``c`` under the new key without that value, and the
+  old row's ``d`` may be applied first (another partition): the column is NULL in the
+  replica until the row's next change sets it;
+- the truncate rule relies on ``_hw_partition``: changing the topic's partition
+  count needs the replica rebuilt (re-snapshot);
+- rows changed at the source by DDL alone (``ALTER ... TYPE ... USING``, a new column's
+  DEFAULT) are not in the log: they change in the replica with their next event.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ from headwater.log.base import Conn, LogRecord
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _BINLOG_INDEX = re.compile(r"(\d+)$")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.JSONDecoder().decode
 
 META = ("_hw_position", "_hw_position_key", "_hw_partition", "_hw_op", "_hw_updated_at")
 _META_DDL = (
@@ -172,11 +183,13 @@ class _Shape:
     key: list[str] = field(default_factory=list)
 
 
-def _parse(r: LogRecord) -> _Change | _Truncate | None:
+def _parse(r: LogRecord, positions: dict[Any, int | None]) -> _Change | _Truncate | None:
+    """One record as a change; ``positions`` caches :func:`position_key` (the rows of
+    one transaction share their position)."""
     if r.value is None:
         return None
     try:
-        ev = json.loads(r.value)
+        ev = _loads(r.value.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProcessingError(f"value is not JSON: {exc}") from None
     if not isinstance(ev, dict):
@@ -190,9 +203,12 @@ def _parse(r: LogRecord) -> _Change | _Truncate | None:
         elif "file" in source and "pos" in source:
             raw_pos = f"{source['file']}:{source['pos']}"
     try:
-        pkey = position_key(raw_pos)
-    except (ValueError, TypeError):
-        raise ProcessingError(f"position {raw_pos!r} is neither an LSN nor file:pos") from None
+        pkey = positions[raw_pos]
+    except KeyError:
+        try:
+            pkey = positions[raw_pos] = position_key(raw_pos)
+        except (ValueError, TypeError):
+            raise ProcessingError(f"position {raw_pos!r} is neither an LSN nor file:pos") from None
     pos = None if raw_pos is None else str(raw_pos)
     if op == "t":
         return _Truncate(pkey, r.partition)
@@ -268,7 +284,8 @@ class ReplicaSink(Processor):
     def process(self, conn: Conn, records: Sequence[LogRecord]) -> None:
         shape = self._shape(conn)
         pending: dict[bytes, _Change] = {}
-        parsed = [(r, _parse(r)) for r in records]
+        positions: dict[Any, int | None] = {}
+        parsed = [(r, _parse(r, positions)) for r in records]
         key_columns = shape.key or _first_key(parsed)
         for r, ch in parsed:
             if ch is None:
@@ -457,16 +474,50 @@ def _keys(
 
 def _needed_types(rows: Iterable[dict[str, Any]]) -> dict[str, str | None]:
     """Per column (first-seen order), the widest type its non-null values need."""
-    out: dict[str, str | None] = {}
+    seen: dict[str, set[type]] = {}
+    big: set[str] = set()  # columns with ints beyond 64 bits
     for row in rows:
         for name, v in row.items():
-            t = json_type(v)
-            cur = out.get(name)
-            if cur is None:
-                out[name] = t
-            elif t is not None and t != cur:
-                out[name] = widen(cur, t) or cur
+            ts = seen.get(name)
+            if ts is None:
+                ts = seen[name] = set()
+            tv = type(v)
+            ts.add(tv)
+            if tv is int and not -_INT64 <= v < _INT64:
+                big.add(name)
+    out: dict[str, str | None] = {}
+    for name, types in seen.items():
+        cur: str | None = None
+        for tv in types:
+            t = _PY_TYPES.get(tv, "jsonb") if tv is not int or name not in big else "numeric"
+            if t is None or t == cur:
+                continue
+            cur = t if cur is None else _join(cur, t)
+        out[name] = cur
     return out
+
+
+def _join(a: str, b: str) -> str:
+    """The narrowest of our types holding values of types ``a`` and ``b`` (commutative,
+    for a new column; an existing text or jsonb column holds anything)."""
+    if a == b:
+        return a
+    if a in _NUMERIC_RANK and b in _NUMERIC_RANK:
+        return a if _NUMERIC_RANK[a] > _NUMERIC_RANK[b] else b
+    if "jsonb" in (a, b) and "text" not in (a, b):
+        return "jsonb"
+    return "text"
+
+
+_PY_TYPES: dict[type, str | None] = {
+    type(None): None,
+    bool: "boolean",
+    int: "bigint",
+    float: "double precision",
+    str: "text",
+    dict: "jsonb",
+    list: "jsonb",
+}
 
 
 def _ordered(key_columns: Sequence[str], needed: dict[str, str | None]) -> list[str]:

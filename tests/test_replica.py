@@ -25,6 +25,9 @@ from headwater.sources.postgres import PostgresSource
 from headwater.storage.embedded import EmbeddedPostgres
 
 from .conftest import new_database, query
+from .mariadb_server import MariaDB
+from .mariadb_server import mariadb_server as mariadb_server
+from .test_cdc_mysql import Env
 from .test_cdc_postgres import _count, _drop_slots, running, sql, wait_for, wait_snapshot
 
 COLS = "id, name, score, active, attrs, ratio, notes"
@@ -379,3 +382,44 @@ def test_key_change_loses_unsent_toast_value(src: str, log: PostgresLog) -> None
     assert rows(log.dsn, "crm.customers", "id, name, score") == rows(
         src, "customers", "id, name, score"
     )
+
+
+# -- MySQL/MariaDB source ---------------------------------------------------------------
+
+
+@pytest.fixture
+def my_env(mariadb_server: MariaDB, pg_server: EmbeddedPostgres) -> Iterator[Env]:
+    e = Env(mariadb_server, new_database(pg_server))
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def test_replica_of_a_mariadb_table(my_env: Env) -> None:
+    env = my_env
+    env.sql(
+        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(50), score INT, ratio DOUBLE)",
+        "INSERT INTO customers VALUES (1, 'ada', 10, 0.5), (2, 'bob', 20, NULL),"
+        " (3, 'cy', 30, 1.25)",
+    )
+    src = env.source(["customers"])
+    src.start()
+    env.sql(
+        "INSERT INTO customers VALUES (4, 'dee', 40, 2)",
+        "UPDATE customers SET score = 11 WHERE id = 1",
+        "DELETE FROM customers WHERE id = 2",
+        "UPDATE customers SET id = 40 WHERE id = 4",  # key change
+        "ALTER TABLE customers ADD COLUMN note VARCHAR(20)",
+        "INSERT INTO customers VALUES (5, 'eve', 50, 0, 'new col')",
+    )
+    src.catch_up()
+    topic = f"crm.{env.db}.customers"
+    sink = ReplicaSink("crm", "customers")
+    merge(env.log, topic, sink, batch=3)
+    want = env.sql("SELECT id, name, score, ratio, note FROM customers ORDER BY id")
+    got = rows(env.dsn, "crm.customers", "id, name, score, ratio, note")
+    assert [tuple(r) for r in want] == got
+    assert [r[0] for r in got] == [1, 3, 5, 40] and got[2][4] == "new col"
+    positions = [p for (p,) in query(env.dsn, "SELECT _hw_position FROM crm.customers")]
+    assert all(":" in p for p in positions)

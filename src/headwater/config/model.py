@@ -106,7 +106,23 @@ class TableSinkPipeline(_PipelineBase):
         return v
 
 
-PipelineConfig = Annotated[TableSinkPipeline, Field(discriminator="processor")]
+class ReplicaPipeline(_PipelineBase):
+    """Merges a captured table's CDC topic, in order, into a replica table
+    ``<schema>.<table>`` in Headwater's PostgreSQL, exactly once."""
+
+    processor: Literal["replica"]
+    schema_: str = Field(alias="schema")
+    table: str
+
+    @field_validator("schema_", "table")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError("expected an identifier like crm or customers")
+        return v
+
+
+PipelineConfig = Annotated[TableSinkPipeline | ReplicaPipeline, Field(discriminator="processor")]
 
 
 class _SourceBase(_Model):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headwater.config.model import PipelineConfig, TableSinkPipeline
+from headwater.config.model import PipelineConfig, ReplicaPipeline, TableSinkPipeline
 from headwater.engine.processor import Processor
 
 
@@ -19,7 +19,17 @@ def _table(cfg: PipelineConfig) -> Processor:
     return TableSink(cfg.table, cfg.mode)
 
 
-BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {"table": _table}
+def _replica(cfg: PipelineConfig) -> Processor:
+    from headwater.sinks.replica import ReplicaSink
+
+    assert isinstance(cfg, ReplicaPipeline)
+    return ReplicaSink(cfg.schema_, cfg.table)
+
+
+BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {
+    "table": _table,
+    "replica": _replica,
+}
 
 
 def build_processor(cfg: PipelineConfig) -> Processor:

@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 
 import psycopg
-from _common import row
 
+from _common import row
 from headwater.engine.worker import Worker, WorkerOptions
 from headwater.log.postgres import PostgresLog
 from headwater.sinks.replica import ReplicaSink

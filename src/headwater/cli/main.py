@@ -97,7 +97,7 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     sup = Supervisor(
         config.resolve(),
-        {p.name: p.processes or settings.worker.processes for p in settings.pipelines},
+        {p.name: p.processes or settings.worker.processes for p in settings.all_pipelines()},
         tuple(s.name for s in settings.sources),
     )
     sup.start()
@@ -107,7 +107,7 @@ def up(
         out.print(f"headwater {__version__}: http://{settings.server.host}:{settings.server.port}")
     out.print(
         f"{len(settings.sources)} source(s), {len(sup.children) - len(settings.sources)} "
-        f"worker(s) for {len(settings.pipelines)} pipeline(s); Ctrl-C to stop"
+        f"worker(s) for {len(settings.all_pipelines())} pipeline(s); Ctrl-C to stop"
     )
     next_maintenance = time.monotonic() + settings.worker.maintenance_interval_s
     try:

@@ -131,10 +131,22 @@ class _SourceBase(_Model):
     topic_prefix: str | None = Field(None, pattern=NAME_PATTERN)
     """Topics are ``<topic_prefix>.<schema or db>.<table>``; default: the source name."""
     partitions: int = Field(3, ge=1, le=1024)
+    replicate: bool = True
+    """Keep a replica table ``<name>.<table>`` of every captured table."""
 
     @property
     def prefix(self) -> str:
         return self.topic_prefix or self.name
+
+    def table_refs(self) -> list[tuple[str, str]]:
+        """``(schema or database, table)`` of each captured table."""
+        return [
+            (t.split(".", 1)[0], t.split(".", 1)[1]) if "." in t else ("public", t)
+            for t in self.tables
+        ]
+
+    def topic_of(self, schema: str, table: str) -> str:
+        return f"{self.prefix}.{schema}.{table}"
 
 
 class PostgresSourceConfig(_SourceBase):
@@ -201,6 +213,56 @@ class Settings(_Model):
                 raise ValueError(f"{what}: duplicate name(s) {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _replicas_unambiguous(self) -> Settings:
+        for src in self.sources:
+            names = [t for _, t in src.table_refs()]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if src.replicate and dupes:
+                raise ValueError(
+                    f"sources.{src.name}: tables {', '.join(dupes)} exist in several schemas;"
+                    " their replicas would collide: set replicate = false and add replica"
+                    " pipelines by hand"
+                )
+        return self
+
+    def all_topics(self) -> tuple[TopicConfig, ...]:
+        """Configured topics and those of the sources' captured tables."""
+        derived = [
+            TopicConfig.model_construct(
+                name=src.topic_of(schema, table),
+                partitions=src.partitions,
+                compacted=False,
+                retention_ms=None,
+                retention_bytes=None,
+            )
+            for src in self.sources
+            for schema, table in src.table_refs()
+        ]
+        return (*self.topics, *derived)
+
+    def all_pipelines(self) -> tuple[PipelineConfig, ...]:
+        """Configured pipelines and one replica pipeline per captured table."""
+        derived: list[PipelineConfig] = []
+        for src in self.sources:
+            if not src.replicate:
+                continue
+            for schema, table in src.table_refs():
+                name = re.sub(r"[^a-z0-9_.-]", "_", f"{src.name}-replica-{table}".lower())[:63]
+                derived.append(
+                    ReplicaPipeline.model_construct(
+                        name=name,
+                        input=src.topic_of(schema, table),
+                        processes=None,
+                        batch_max_events=None,
+                        batch_max_ms=None,
+                        processor="replica",
+                        schema_=re.sub(r"[^A-Za-z0-9_]", "_", src.name),
+                        table=table,
+                    )
+                )
+        return (*self.pipelines, *derived)
+
     @property
     def data_dir(self) -> Path:
         """The data directory, relative paths taken from the config file's folder."""
@@ -210,4 +272,4 @@ class Settings(_Model):
         return d.resolve()
 
     def topic(self, name: str) -> TopicConfig | None:
-        return next((t for t in self.topics if t.name == name), None)
+        return next((t for t in self.all_topics() if t.name == name), None)

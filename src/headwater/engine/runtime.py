@@ -47,11 +47,11 @@ def bootstrap(settings: Settings, *, start: bool = True) -> Runtime:
     with connect(dsn) as conn:
         migrate(conn)
     lg = open_log(settings, dsn)
-    for t in settings.topics:
+    for t in settings.all_topics():
         lg.create_topic(
             TopicSpec(t.name, t.partitions, t.compacted, t.retention_ms, t.retention_bytes)
         )
-    for p in settings.pipelines:
+    for p in settings.all_pipelines():
         if settings.topic(p.input) is None:
             raise ConfigError(
                 f"{settings.config_path}: pipelines.{p.name}.input: topic {p.input!r} is"
@@ -62,10 +62,10 @@ def bootstrap(settings: Settings, *, start: bool = True) -> Runtime:
 
 
 def pipeline(settings: Settings, name: str) -> PipelineConfig:
-    for p in settings.pipelines:
+    for p in settings.all_pipelines():
         if p.name == name:
             return p
-    valid = ", ".join(p.name for p in settings.pipelines) or "(none configured)"
+    valid = ", ".join(p.name for p in settings.all_pipelines()) or "(none configured)"
     raise ConfigError(f"{settings.config_path}: no pipeline named {name!r}; valid: {valid}")
 
 

@@ -47,7 +47,7 @@ def pipeline_statuses(rt: Runtime) -> list[PipelineStatus]:
     """One entry per configured pipeline."""
     out = []
     with connect(rt.dsn, autocommit=True) as conn:
-        for p in rt.settings.pipelines:
+        for p in rt.settings.all_pipelines():
             try:
                 ends = {i.partition: i.end_offset for i in rt.log.partitions(p.input)}
             except TopicNotFound:

@@ -15,6 +15,7 @@ Usage: python bench/cdc.py [--changes 200000] [--seconds 15]
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -38,34 +40,48 @@ from headwater.storage.schema import migrate
 TOPIC = "crm.public.items"
 
 
+def _run_source(source_dsn: str, dsn: str, stop: Any) -> None:
+    src = PostgresSource("crm", source_dsn, ["public.items"], PostgresLog(dsn), "crm")
+    threading.Thread(target=lambda: (stop.wait(), src.stop()), daemon=True).start()
+    src.run()
+
+
+def _run_worker(dsn: str, stop: Any) -> None:
+    log = PostgresLog(dsn)
+    while TOPIC not in {t.name for t in log.topics()}:
+        time.sleep(0.01)
+    worker = Worker(
+        pipeline="crm-replica-items",
+        topic=TOPIC,
+        processor=ReplicaSink("crm", "items"),
+        log=log,
+        dsn=dsn,
+        options=WorkerOptions(batch_max_events=5000, batch_max_ms=5),
+    )
+    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    worker.run()
+
+
 class Pipeline:
-    """The source and the replica worker, each in a thread, as `headwater up` runs them."""
+    """The source and the replica worker in their own processes, as `headwater up`
+    runs them."""
 
     def __init__(self, source_dsn: str, dsn: str) -> None:
-        self.log = PostgresLog(dsn)
-        self.source = PostgresSource("crm", source_dsn, ["public.items"], self.log, "crm")
-        self.worker = Worker(
-            pipeline="crm-replica-items",
-            topic=TOPIC,
-            processor=ReplicaSink("crm", "items"),
-            log=PostgresLog(dsn),
-            dsn=dsn,
-            options=WorkerOptions(batch_max_events=5000, batch_max_ms=5),
-        )
-        self.threads = [threading.Thread(target=self.source.run, daemon=True)]
+        ctx = multiprocessing.get_context("spawn")
+        self.stop_event = ctx.Event()
+        self.procs = [
+            ctx.Process(target=_run_source, args=(source_dsn, dsn, self.stop_event)),
+            ctx.Process(target=_run_worker, args=(dsn, self.stop_event)),
+        ]
 
     def start(self) -> None:
-        self.threads[0].start()
-        while TOPIC not in {t.name for t in self.log.topics()}:
-            time.sleep(0.01)
-        self.threads.append(threading.Thread(target=self.worker.run, daemon=True))
-        self.threads[1].start()
+        for p in self.procs:
+            p.start()
 
     def stop(self) -> None:
-        self.source.stop()
-        self.worker.stop()
-        for t in self.threads:
-            t.join(30)
+        self.stop_event.set()
+        for p in self.procs:
+            p.join(60)
 
 
 def fingerprint(dsn: str, table: str) -> tuple[int, int]:
@@ -90,7 +106,8 @@ def throughput(src: str, dsn: str, changes: int) -> tuple[float, float]:
         half = changes // 2
         for s in range(0, half, 100):
             c.execute(
-                "INSERT INTO items SELECT g, 'n' || g, 0, 'note' FROM generate_series(%s, %s) g",
+                "INSERT INTO items SELECT g, 'n' || g, 0, 'note'"
+                " FROM generate_series(%s::int, %s::int) g",
                 (s, s + 99),
             )
         for s in range(0, changes - half, 100):
@@ -137,8 +154,12 @@ def freshness(src: str, dsn: str, seconds: float) -> list[float]:
     p.start()
     with psycopg.connect(src, autocommit=True) as c:
         base = c.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()[0]  # type: ignore[index]
+    # Live before measuring: a probe row must come through the new processes.
+    with psycopg.connect(src, autocommit=True) as c:
+        c.execute("INSERT INTO items VALUES (%s, 'probe', 0, NULL)", (base,))
     while fingerprint(dsn, "crm.items")[0] < fingerprint(src, "items")[0]:
-        time.sleep(0.05)  # caught up before measuring
+        time.sleep(0.01)
+    base += 1
     commits: list[tuple[int, float]] = []
     seen: dict[int, float] = {}
     done = threading.Event()
@@ -161,7 +182,7 @@ def freshness(src: str, dsn: str, seconds: float) -> list[float]:
             if (delay := target - time.perf_counter()) > 0:
                 time.sleep(delay)
             w.execute(
-                "INSERT INTO items SELECT g, 'f', 0, NULL FROM generate_series(%s, %s) g",
+                "INSERT INTO items SELECT g, 'f', 0, NULL FROM generate_series(%s::int, %s::int) g",
                 (nxt, nxt + 9),
             )
             w.commit()

@@ -57,13 +57,15 @@ def encode_segment(base: int, records: Iterable[tuple[int, Record]], default_ts:
 class SegmentFramer:
     """Frames records into one segment per partition as they are assigned."""
 
-    __slots__ = ("_frames", "_max_ts", "counts", "default_ts")
+    __slots__ = ("_frames", "_last_h", "_last_hdr", "_max_ts", "counts", "default_ts")
 
     def __init__(self, default_ts: int) -> None:
         self.default_ts = default_ts
         self.counts: dict[int, int] = {}
         self._frames: dict[int, list[bytes]] = {}
         self._max_ts: dict[int, int] = {}
+        self._last_h: object = None
+        self._last_hdr: bytes | None = None
 
     def add(self, partition: int, r: Record) -> tuple[int, int]:
         """Frame ``r`` into ``partition``'s segment; returns (partition, index)."""
@@ -77,7 +79,14 @@ class SegmentFramer:
         ts = r.timestamp_ms or self.default_ts
         if ts > self._max_ts[partition]:
             self._max_ts[partition] = ts
-        hdr = json.dumps(r.headers, separators=(",", ":")).encode() if r.headers else None
+        h = r.headers
+        if not h:
+            hdr = None
+        elif h is self._last_h:  # records of one source transaction share their headers
+            hdr = self._last_hdr
+        else:
+            hdr = json.dumps(h, separators=(",", ":")).encode()
+            self._last_h, self._last_hdr = h, hdr
         frames.append(
             _FRAME.pack(
                 idx,
@@ -106,12 +115,16 @@ class SegmentFramer:
 def decode_segment(
     topic: str, partition: int, base: int, payload: bytes, from_offset: int = 0
 ) -> list[LogRecord]:
-    """The records of a segment at or after ``from_offset``, in offset order."""
+    """The records of a segment at or after ``from_offset``, in offset order.
+
+    Consecutive records with equal headers share one (read-only) headers mapping."""
     out: list[LogRecord] = []
     append = out.append
     unpack = _FRAME.unpack_from
     loads = json.loads
     pos, end = 0, len(payload)
+    last_raw: bytes = b""
+    last_headers: dict[str, str] = _NO_HEADERS
     while pos < end:
         delta, ts, klen, vlen, hlen = unpack(payload, pos)
         pos += _HEAD
@@ -126,7 +139,10 @@ def decode_segment(
         else:
             value = None
         if hlen >= 0:
-            headers = loads(payload[pos : pos + hlen])
+            raw = payload[pos : pos + hlen]
+            if raw != last_raw:  # consecutive records often share headers: parse once
+                last_headers, last_raw = loads(raw), raw
+            headers = last_headers
             pos += hlen
         else:
             headers = _NO_HEADERS

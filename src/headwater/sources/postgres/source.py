@@ -93,6 +93,7 @@ from headwater.storage.database import mask_dsn
 log = logging.getLogger(__name__)
 
 Guarantee = Literal["exactly-once", "at-least-once"]
+_LINGER_S = 0.002
 _FEEDBACK_S = 5.0
 
 
@@ -466,6 +467,14 @@ class PostgresSource:
                         self._flush(cur)
                     continue
                 if self._ready:
+                    # A backlog arrives in socket-sized pieces: linger briefly for more
+                    # before paying an append (and its fsync) for a partial batch.
+                    left = self.batch_max_ms / 1000 - (now - self._ready_since)
+                    if left > 0:
+                        with contextlib.suppress(InterruptedError):
+                            readable, _, _ = select.select([rconn], [], [], min(_LINGER_S, left))
+                            if readable:
+                                continue
                     self._flush(cur)
                     last_feedback = now
                 elif now - last_feedback >= _FEEDBACK_S:

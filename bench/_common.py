@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,10 @@ import psycopg
 
 from headwater.storage.embedded import EmbeddedPostgres
 from headwater.storage.schema import migrate
+
+# A bench stopped with SIGTERM (e.g. by `timeout`) still runs its clean-up: servers
+# and brokers it started are stopped by the context managers below.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def test_up_captures_a_postgres_source_into_the_log(
     cfg = tmp_path / "headwater.toml"
     cfg.write_text(
         f'[storage]\npostgres = "{dsn}"\n[server]\nenabled = false\n'
-        f'[[sources]]\nname = "crm"\nkind = "postgres"\ndsn = "{source}"\n'
+        f'[[sources]]\nname = "crm-eu"\nkind = "postgres"\ndsn = "{source}"\n'
         'tables = ["public.customers"]\n'
     )
     up = subprocess.Popen(
@@ -51,7 +51,7 @@ def test_up_captures_a_postgres_source_into_the_log(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    topic = "crm.public.customers"
+    topic = "crm-eu.public.customers"
     try:
         deadline = time.monotonic() + 60
         log = None
@@ -84,7 +84,7 @@ def test_up_captures_a_postgres_source_into_the_log(
             timeout=60,
         )
         (src,) = json.loads(st.stdout)["sources"]
-        assert src["name"] == "crm" and src["snapshot_done"] is True
+        assert src["name"] == "crm-eu" and src["snapshot_done"] is True
         assert src["position"] and src["lag_bytes"] is not None and src["error"] is None
         (upd,) = [e for e in events if e["op"] == "u"]
         assert upd["after"] == {"id": 1, "name": "Ada L."}
@@ -95,6 +95,6 @@ def test_up_captures_a_postgres_source_into_the_log(
         with psycopg.connect(source, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                " WHERE slot_name = 'headwater_crm'"
+                " WHERE slot_name = 'headwater_crm_eu'"
             )
     assert code == 0

@@ -122,6 +122,8 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
             lag: int | None = None
             error: str | None = None
             if s.kind == "postgres":
+                from headwater.sources.postgres.source import slot_lag_bytes, slot_name
+
                 row = conn.execute(
                     "SELECT snapshot_done, position FROM headwater.source_state WHERE source = %s",
                     (s.name,),
@@ -132,13 +134,7 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
                     with connect(
                         s.dsn.get_secret_value(), autocommit=True, connect_timeout=3
                     ) as src:
-                        r = src.execute(
-                            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(),"
-                            " confirmed_flush_lsn)::int8 FROM pg_replication_slots"
-                            " WHERE slot_name = %s",
-                            (f"headwater_{s.name}",),
-                        ).fetchone()
-                        lag = None if r is None or r[0] is None else int(r[0])
+                        lag = slot_lag_bytes(src, slot_name(s.name))
                 except Exception as exc:  # the source may be away: report, don't fail
                     error = str(exc).splitlines()[0]
             else:

@@ -101,6 +101,21 @@ def _ident(name: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", name.lower())[:50]
 
 
+def slot_name(source: str) -> str:
+    """The replication slot (and publication) of the source named ``source``."""
+    return f"headwater_{_ident(source)}"
+
+
+def slot_lag_bytes(src: Conn, slot: str) -> int | None:
+    """WAL bytes ``slot`` retains beyond its confirmed position (None: no such slot)."""
+    row = src.execute(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def _truncate_keys(partitions: int) -> list[bytes]:
     """One key per partition, so a TRUNCATE lands in every partition."""
     keys: dict[int, bytes] = {}
@@ -147,7 +162,7 @@ class PostgresSource:
         self.table_specs = list(tables)
         self.log = log
         self.topic_prefix = topic_prefix or name
-        self.slot = self.publication = f"headwater_{_ident(name)}"
+        self.slot = self.publication = slot_name(name)
         self.partitions = partitions
         self.chunk_rows = chunk_rows
         self.batch_max_rows = batch_max_rows
@@ -227,12 +242,7 @@ class PostgresSource:
     def slot_lag_bytes(self) -> int | None:
         """WAL bytes the slot retains beyond its confirmed position (None: no slot)."""
         with psycopg.connect(self.dsn, autocommit=True) as src:
-            row = src.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8"
-                " FROM pg_replication_slots WHERE slot_name = %s",
-                (self.slot,),
-            ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+            return slot_lag_bytes(src, self.slot)
 
     # -- start-up ---------------------------------------------------------------------
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -76,7 +74,7 @@ def up(
 ) -> None:
     """Start everything: embedded PostgreSQL, the workers of every pipeline, and the
     HTTP server (/healthz, /metrics). Stops gracefully on Ctrl-C or SIGTERM."""
-    from headwater.engine.runtime import bootstrap
+    from headwater.engine.runtime import bootstrap, stop_on_signals
     from headwater.engine.supervisor import Supervisor
 
     settings = _settings(config)
@@ -88,13 +86,7 @@ def up(
         if not pg.is_running():
             started_pg = pg
     rt = bootstrap(settings)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals("stopping sources, workers and the server")
     sup = Supervisor(
         config.resolve(),
         {p.name: p.processes or settings.worker.processes for p in settings.all_pipelines()},
@@ -355,15 +347,10 @@ def source(
 ) -> None:
     """Run one configured source (started by `headwater up`); SIGTERM stops it after
     the transactions it holds are durable and acknowledged."""
+    from headwater.engine.runtime import stop_on_signals
     from headwater.sources.runner import run_source
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(f"source {name}: appending what it holds, then stopping")
     run_source(_settings(config), name, stop)
 
 

@@ -79,20 +79,27 @@ def worker_options(settings: Settings, p: PipelineConfig) -> WorkerOptions:
     )
 
 
+def stop_on_signals(message: str = "stopping") -> threading.Event:
+    """An event set by SIGINT or SIGTERM (logging ``message``). Processes install it
+    first thing, so a stop request during start-up is honoured too."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: %s", signum, message)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
 def run_worker(settings: Settings, name: str) -> WorkerStats:
     """Run one worker process of pipeline ``name`` until SIGINT/SIGTERM.
 
     Signal handlers are installed first, so a stop request at any moment (even during
     start-up) is honoured: the current batch finishes and commits, then this returns.
     """
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("pipeline %s: signal %d, finishing the current batch", name, signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(f"pipeline {name}: finishing the current batch")
     p = pipeline(settings, name)
     rt = bootstrap(settings, start=False)
     worker = Worker(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import struct
 import sys
 import time
+from collections.abc import Iterable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -20,10 +22,35 @@ import psycopg
 
 from _common import Timer, embedded_database, row, run_until
 from headwater.log.base import Record, TopicSpec
-from headwater.log.copy_binary import encode_rows
+from headwater.log.copy_binary import LEN, NULL, SIGNATURE, TRAILER
 from headwater.log.postgres import PostgresLog
 
 VALUE = b"x" * 200
+ROW = struct.Struct("!hiiiqiq")
+
+
+def encode_rows(
+    rows: Iterable[tuple[int, int, int, bytes | None, bytes | None, bytes | None]],
+) -> bytes:
+    """COPY stream of one row per record (partition int4, offset int8, ts_ms int8,
+    key bytea, value bytea, headers jsonb as bytes): the baseline's layout."""
+    out = [SIGNATURE]
+    append = out.append
+    for partition, offset, ts, key, value, headers in rows:
+        append(ROW.pack(6, 4, partition, 8, offset, 8, ts))
+        for col in (key, value):
+            if col is None:
+                append(NULL)
+            else:
+                append(LEN.pack(len(col)))
+                append(col)
+        if headers is None:
+            append(NULL)
+        else:
+            append(LEN.pack(len(headers) + 1))
+            append(b"\x01" + headers)
+    append(TRAILER)
+    return b"".join(out)
 
 
 def records(n: int) -> list[Record]:

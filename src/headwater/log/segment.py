@@ -18,40 +18,13 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from headwater.log.base import LogRecord, Record
 
 _FRAME = struct.Struct("!iqiii")
 _HEAD = _FRAME.size
 _NO_HEADERS: dict[str, str] = {}  # shared, never mutated
-
-
-def encode_segment(base: int, records: Iterable[tuple[int, Record]], default_ts: int) -> bytes:
-    """Frame ``(offset, record)`` pairs of one partition into a segment payload."""
-    out: list[bytes] = []
-    append = out.append
-    pack = _FRAME.pack
-    dumps = json.dumps
-    for offset, r in records:
-        key, value = r.key, r.value
-        hdr = dumps(r.headers, separators=(",", ":")).encode() if r.headers else None
-        append(
-            pack(
-                offset - base,
-                r.timestamp_ms or default_ts,
-                -1 if key is None else len(key),
-                -1 if value is None else len(value),
-                -1 if hdr is None else len(hdr),
-            )
-        )
-        if key is not None:
-            append(key)
-        if value is not None:
-            append(value)
-        if hdr is not None:
-            append(hdr)
-    return b"".join(out)
 
 
 class SegmentFramer:
@@ -67,8 +40,11 @@ class SegmentFramer:
         self._last_h: object = None
         self._last_hdr: bytes | None = None
 
-    def add(self, partition: int, r: Record) -> tuple[int, int]:
-        """Frame ``r`` into ``partition``'s segment; returns (partition, index)."""
+    def add(self, partition: int, r: Record, delta: int | None = None) -> tuple[int, int]:
+        """Frame ``r`` into ``partition``'s segment; returns (partition, index).
+
+        ``delta`` is the record's offset minus the segment's base: its index unless
+        given (compaction rewrites segments with gaps)."""
         idx = self.counts.get(partition, 0)
         self.counts[partition] = idx + 1
         frames = self._frames.get(partition)
@@ -89,7 +65,7 @@ class SegmentFramer:
             self._last_h, self._last_hdr = h, hdr
         frames.append(
             _FRAME.pack(
-                idx,
+                idx if delta is None else delta,
                 ts,
                 -1 if key is None else len(key),
                 -1 if value is None else len(value),
@@ -107,9 +83,13 @@ class SegmentFramer:
     def segments(self, bases: dict[int, int]) -> list[tuple[int, int, int, int, int, bytes]]:
         """Rows (partition, base, last, count, max_ts, payload) at the reserved bases."""
         return [
-            (p, bases[p], bases[p] + n - 1, n, self._max_ts[p], b"".join(self._frames[p]))
+            (p, bases[p], bases[p] + n - 1, n, self._max_ts[p], self.payload(p))
             for p, n in sorted(self.counts.items())
         ]
+
+    def payload(self, partition: int) -> bytes:
+        """The framed records of ``partition``'s segment."""
+        return b"".join(self._frames.get(partition, ()))
 
 
 def decode_segment(
@@ -152,9 +132,8 @@ def decode_segment(
 
 
 def reencode(base: int, records: Sequence[LogRecord]) -> bytes:
-    """A segment payload holding ``records`` (used by compaction)."""
-    return encode_segment(
-        base,
-        ((r.offset, Record(r.key, r.value, r.headers, r.timestamp_ms)) for r in records),
-        0,
-    )
+    """A segment payload holding ``records`` at their offsets (used by compaction)."""
+    framer = SegmentFramer(0)
+    for r in records:
+        framer.add(0, Record(r.key, r.value, r.headers, r.timestamp_ms), r.offset - base)
+    return framer.payload(0)

@@ -24,6 +24,7 @@ from psycopg import sql
 from headwater.engine.processor import Processor
 from headwater.errors import ProcessingError
 from headwater.log.base import Conn, LogRecord
+from headwater.log.copy_binary import LEN, NULL, SIGNATURE, TRAILER
 
 
 class TableSink(Processor):
@@ -120,17 +121,15 @@ def _value(r: LogRecord) -> str | None:
 
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-_LEN = struct.Struct("!i")
 _HEAD = struct.Struct("!hi")  # field count, topic length
 _MID = struct.Struct("!iiiq")  # partition (len, value), offset (len, value)
 _TS = struct.Struct("!iq")
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 
 
 def _encode_append_rows(records: Sequence[LogRecord]) -> bytes:
     """Binary COPY rows (topic text, partition int4, offset int8, key text,
     value jsonb, ts timestamptz), built without per-row driver calls."""
-    out = [_SIGNATURE]
+    out = [SIGNATURE]
     append = out.append
     topics: dict[str, bytes] = {}
     for r in records:
@@ -141,16 +140,16 @@ def _encode_append_rows(records: Sequence[LogRecord]) -> bytes:
         append(topic)
         append(_MID.pack(4, r.partition, 8, r.offset))
         if r.key is None:
-            append(b"\xff\xff\xff\xff")
+            append(NULL)
         else:
-            append(_LEN.pack(len(r.key)))
+            append(LEN.pack(len(r.key)))
             append(r.key)
         if r.value is None:
-            append(b"\xff\xff\xff\xff")
+            append(NULL)
         else:
-            append(_LEN.pack(len(r.value) + 1))
+            append(LEN.pack(len(r.value) + 1))
             append(b"\x01")  # jsonb binary format version
             append(r.value)
         append(_TS.pack(8, r.timestamp_ms * 1000 - _PG_EPOCH_US))
-    append(b"\xff\xff")
+    append(TRAILER)
     return b"".join(out)

@@ -51,7 +51,6 @@ def run(data_dir: Path, events: int, console: Console) -> None:
         pg.stop()
     if settings.data_dir.exists():  # the demo's own folder: every run starts clean
         shutil.rmtree(settings.data_dir)
-    started = True
     logging.getLogger("headwater.engine.worker").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     rt = bootstrap(settings)
@@ -131,5 +130,4 @@ def run(data_dir: Path, events: int, console: Console) -> None:
             raise HeadwaterError("demo replica does not match the events")
     finally:
         rt.close()
-        if started:
-            pg.stop()
+        pg.stop()  # the demo always starts its own server

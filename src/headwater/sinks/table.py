@@ -34,6 +34,26 @@ class TableSink(Processor):
         self.table = sql.Identifier(*table.split("."))
         self.schema = table.split(".")[0] if "." in table else None
         self.mode = mode
+        # Rendered once: composing SQL costs about as much as a small batch's COPY.
+        self._copy = (
+            sql.SQL(
+                'COPY {} (topic, partition, "offset", key, value, ts) FROM STDIN (FORMAT BINARY)'
+            )
+            .format(self.table)
+            .as_string()
+        )
+        self._delete = sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self.table).as_string()
+        self._upsert_stmt = (
+            sql.SQL(
+                'INSERT INTO {} (key, value, topic, partition, "offset", ts)'
+                " VALUES (%s, %s::jsonb, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value, topic = excluded.topic,"
+                ' partition = excluded.partition, "offset" = excluded."offset",'
+                " ts = excluded.ts"
+            )
+            .format(self.table)
+            .as_string()
+        )
 
     def setup(self, conn: Conn) -> None:
         if self.schema:
@@ -60,11 +80,7 @@ class TableSink(Processor):
             self._upsert(conn, records)
 
     def _append(self, conn: Conn, records: Sequence[LogRecord]) -> None:
-        with conn.cursor().copy(
-            sql.SQL(
-                'COPY {} (topic, partition, "offset", key, value, ts) FROM STDIN (FORMAT BINARY)'
-            ).format(self.table)
-        ) as cp:
+        with conn.cursor().copy(self._copy) as cp:
             cp.write(_encode_append_rows(records))
 
     def _upsert(self, conn: Conn, records: Sequence[LogRecord]) -> None:
@@ -77,19 +93,11 @@ class TableSink(Processor):
         deletes = [k for k, r in last.items() if r.value is None]
         upserts = [(k, r) for k, r in last.items() if r.value is not None]
         if deletes:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self.table), (deletes,)
-            )
+            conn.execute(self._delete, (deletes,))
         if upserts:
             with conn.cursor() as cur:
                 cur.executemany(
-                    sql.SQL(
-                        'INSERT INTO {} (key, value, topic, partition, "offset", ts)'
-                        " VALUES (%s, %s::jsonb, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (key)"
-                        " DO UPDATE SET value = excluded.value, topic = excluded.topic,"
-                        ' partition = excluded.partition, "offset" = excluded."offset",'
-                        " ts = excluded.ts"
-                    ).format(self.table),
+                    self._upsert_stmt,
                     [
                         (k, _value(r), r.topic, r.partition, r.offset, r.timestamp_ms / 1000)
                         for k, r in upserts

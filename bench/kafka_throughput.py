@@ -11,11 +11,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import Timer, embedded_database, row, run_until, tansu_broker
+from _common import Timer, embedded_database, row, run_until
 from headwater.config.model import KafkaConfig
 from headwater.engine.worker import Worker, WorkerOptions
 from headwater.log.base import Record, TopicSpec
 from headwater.sinks.table import TableSink
+from headwater.testing import tansu_broker
 
 
 def run(n: int, batch: int, limit: float | None) -> None:

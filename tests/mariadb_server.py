@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -22,14 +21,10 @@ from typing import Any
 
 import pytest
 
+from headwater.testing import free_port
+
 USER = "hw"
 PASSWORD = "hw-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -102,7 +97,7 @@ def start_mariadb(base: Path, extra_args: Sequence[str] = (), binlog: bool = Tru
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     sock = base / "sock"
     binlog_args = (
         [

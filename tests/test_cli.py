@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,9 @@ from pathlib import Path
 
 from headwater.log.base import Record
 from headwater.log.postgres import PostgresLog
+from headwater.testing import free_port
 
 from .conftest import query
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +29,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_up_serves_health_metrics_and_stops_gracefully(tmp_path: Path, dsn: str) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "headwater.toml"
     cfg.write_text(
         f'[storage]\npostgres = "{dsn}"\n[server]\nport = {port}\n'

@@ -167,23 +167,45 @@ def change_event(
         "op": op,
         "before": before,
         "after": after,
-        "source": {
-            "connector": "postgresql",
-            "name": source_name,
-            "db": db,
-            "schema": shape.schema,
-            "table": shape.table,
-            "lsn": lsn,
-            "txId": tx_id,
-            "ts_ms": commit_ts_ms,
-            "snapshot": "true" if snapshot else "false",
-            "schema_version": shape.version,
-        },
+        "source": source_block(
+            shape,
+            source_name=source_name,
+            db=db,
+            lsn=lsn,
+            tx_id=tx_id,
+            commit_ts_ms=commit_ts_ms,
+            snapshot=snapshot,
+        ),
         "ts_ms": int(time.time() * 1000),
     }
     if unchanged_toast:
         event["unchanged_toast"] = list(unchanged_toast)
     return event
+
+
+def source_block(
+    shape: TableShape,
+    *,
+    source_name: str,
+    db: str,
+    lsn: int,
+    tx_id: int | None,
+    commit_ts_ms: int,
+    snapshot: bool,
+) -> dict[str, Any]:
+    """An event's ``source`` block."""
+    return {
+        "connector": "postgresql",
+        "name": source_name,
+        "db": db,
+        "schema": shape.schema,
+        "table": shape.table,
+        "lsn": lsn,
+        "txId": tx_id,
+        "ts_ms": commit_ts_ms,
+        "snapshot": "true" if snapshot else "false",
+        "schema_version": shape.version,
+    }
 
 
 def source_fragment(
@@ -199,18 +221,15 @@ def source_fragment(
     """The JSON of an event's ``source`` block, rendered once per transaction and
     table for :func:`encode_change`."""
     return _dumps(
-        {
-            "connector": "postgresql",
-            "name": source_name,
-            "db": db,
-            "schema": shape.schema,
-            "table": shape.table,
-            "lsn": lsn,
-            "txId": tx_id,
-            "ts_ms": commit_ts_ms,
-            "snapshot": "true" if snapshot else "false",
-            "schema_version": shape.version,
-        }
+        source_block(
+            shape,
+            source_name=source_name,
+            db=db,
+            lsn=lsn,
+            tx_id=tx_id,
+            commit_ts_ms=commit_ts_ms,
+            snapshot=snapshot,
+        )
     ).encode()
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from headwater.config.serving import ServingConfig
+
 NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -122,6 +124,14 @@ class ReplicaPipeline(_PipelineBase):
         return v
 
 
+SERVING_TOPICS = tuple(
+    TopicConfig.model_construct(
+        name=n, partitions=3, compacted=False, retention_ms=None, retention_bytes=None
+    )
+    for n in ("conversations", "feedback")
+)
+"""Topics the API appends to (every answer, every rating); created at bootstrap."""
+
 PipelineConfig = Annotated[TableSinkPipeline | ReplicaPipeline, Field(discriminator="processor")]
 
 
@@ -199,6 +209,7 @@ class Settings(_Model):
     sources: tuple[SourceConfig, ...] = ()
     topics: tuple[TopicConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
+    serving: ServingConfig = ServingConfig()
     config_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -239,6 +250,8 @@ class Settings(_Model):
             for src in self.sources
             for schema, table in src.table_refs()
         ]
+        named = {t.name for t in self.topics}
+        derived += [t for t in SERVING_TOPICS if t.name not in named]  # answers, ratings
         return (*self.topics, *derived)
 
     def all_pipelines(self) -> tuple[PipelineConfig, ...]:

@@ -9,12 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from headwater import __version__
 from headwater.engine.runtime import Runtime
+from headwater.serving.api import install as install_ask
 from headwater.serving.metrics import PipelineCollector
 from headwater.storage.database import connect
 
 
-def create_app(rt: Runtime) -> FastAPI:
+def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     app = FastAPI(title="Headwater", version=__version__, docs_url="/docs")
+    install_ask(app, rt, ask_service)  # keys, body limit, /v1/ask, /v1/feedback
     registry = CollectorRegistry()
     registry.register(PipelineCollector(rt))
 

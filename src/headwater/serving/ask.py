@@ -1,0 +1,411 @@
+"""Answering a question: freshness → embed → cache → retrieve → prompt → generate →
+cache → conversation log.
+
+Steps of :meth:`AskService.ask` (numbered; the guarantees rest on this order):
+
+1. ``consistency: "fresh"``: wait until the pipelines the answer depends on reflect
+   every source write committed before the request (:mod:`.freshness`); after
+   ``serving.freshness.timeout_s`` go on and mark the answer ``stale``.
+2. Embed the question (once; retrieval reuses the vector).
+3. Resolve the customer's profile (any id, alias or identifier → person). The cache
+   scope is that ``person_id``, or ``""`` without a profile.
+4. Cache lookup in (tenant, scope, params). A hit is an entry no change has touched:
+   the triggers of migration 0030 delete entries in the changing transaction.
+5. Retrieve in one REPEATABLE READ snapshot: profile, hybrid search, each chunk's
+   cosine to the question and its document version.
+6. Build the prompt within the token budget; generate.
+7. Cache the answer with what it used (not when nothing relevant was found), unless
+   something it used changed meanwhile (:func:`.cache.store`).
+8. Append the conversation to the ``conversations`` topic (and register its id, so
+   feedback can name it), in one transaction on the postgres log.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from headwater.engine.runtime import Runtime
+from headwater.errors import HeadwaterError
+from headwater.log.base import Conn, Record
+from headwater.serving import cache, freshness
+from headwater.serving.auth import Principal
+from headwater.serving.generators import Generator, build_generator
+from headwater.serving.prompt import Fact, Passage, build_prompt
+from headwater.storage.database import connect
+
+CONVERSATIONS = "conversations"
+FEEDBACK = "feedback"
+_MAX_FACTS = 60
+
+
+class BadRequest(HeadwaterError):
+    """The request is well-formed JSON but cannot be served as asked (→ HTTP 4xx)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AskQuery:
+    question: str
+    customer_id: str | None = None
+    k: int | None = None
+    consistency: Literal["latest", "fresh"] = "latest"
+    cache: Literal["use", "bypass"] = "use"
+
+
+class Pool:
+    """A fixed-size pool of autocommit connections (one per concurrent request)."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self._free: queue.LifoQueue[Conn] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def connection(self) -> Iterator[Conn]:
+        self._slots.acquire()
+        try:
+            try:
+                conn = self._free.get_nowait()
+            except queue.Empty:
+                conn = connect(self.dsn, autocommit=True, application_name="headwater-api")
+            try:
+                yield conn
+            except BaseException:
+                conn.close()  # state unknown: do not reuse
+                raise
+            if conn.closed or conn.broken or conn.info.transaction_status != 0:
+                conn.close()
+            else:
+                self._free.put(conn)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._free.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class _OneVector:
+    """An embedder that answers one known text from memory (retrieval reuses the
+    question's vector instead of embedding it twice)."""
+
+    def __init__(self, inner: Any, text: str, vector: np.ndarray) -> None:
+        self.inner, self.text, self.vector = inner, text, vector
+        self.model: str = inner.model
+        self.dim: int = inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        if list(texts) == [self.text]:
+            return self.vector[None, :]
+        return self.inner.embed(texts)
+
+
+def flatten_profile(doc: dict[str, Any], prefix: str = "") -> list[Fact]:
+    """Profile JSON as ``field: value`` facts (nested keys joined with dots)."""
+    out: list[Fact] = []
+    for key, value in doc.items():
+        if str(key).startswith("_") or len(out) >= _MAX_FACTS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(flatten_profile(value, name + "."))
+        elif isinstance(value, list):
+            if all(not isinstance(v, dict | list) for v in value):
+                if value:
+                    out.append(Fact(name, ", ".join(str(v) for v in value[:10])))
+            else:
+                for i, v in enumerate(value[:3]):
+                    if isinstance(v, dict):
+                        out.extend(flatten_profile(v, f"{name}.{i}."))
+        elif value is not None and value != "":
+            out.append(Fact(name, str(value)))
+    return out[:_MAX_FACTS]
+
+
+def _changes(doc: dict[str, Any]) -> list[str]:
+    raw = doc.get("recent_changes") or doc.get("changes") or []
+    if not isinstance(raw, list):
+        return []
+    return [json.dumps(c, default=str) if not isinstance(c, str) else c for c in raw[:10]]
+
+
+class AskService:
+    """What ``POST /v1/ask`` and ``headwater ask`` run. Thread-safe."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        embedder: Any = None,
+        generator: Generator | None = None,
+        pool_size: int = 16,
+    ) -> None:
+        self.rt = rt
+        self.cfg = rt.settings.serving
+        self._embedder = embedder
+        self._lock = threading.Lock()
+        self.generator = generator or build_generator(self.cfg.generator)
+        self.pool = Pool(rt.dsn, pool_size)
+        self.pipelines = freshness.dependent_pipelines(rt.settings)
+        with self.pool.connection() as conn:
+            cache.attach_invalidation(conn)
+
+    @property
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from headwater.knowledge.embedder import load_embedder
+
+                self._embedder = load_embedder(self.rt.settings.knowledge.embedder)
+            return self._embedder
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- ask ------------------------------------------------------------------------
+
+    def ask(self, q: AskQuery, who: Principal) -> dict[str, Any]:
+        """Answer ``q`` for ``who`` (see the module docstring for the steps).
+
+        Raises:
+            BadRequest: ``k`` above ``serving.max_k``, or an empty question.
+        """
+        question = " ".join(q.question.split())
+        if not question:
+            raise BadRequest("question is empty")
+        k = q.k or self.cfg.k
+        if k > self.cfg.max_k:
+            raise BadRequest(f"k = {k} is above the limit {self.cfg.max_k} (serving.max_k)")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(name: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[name] = round((now - since) * 1000, 2)
+            return now
+
+        t = t0
+        stale: bool | None = None
+        with self.pool.connection() as conn:
+            if q.consistency == "fresh":  # 1
+                fr = freshness.wait_fresh(
+                    self.rt.settings,
+                    conn,
+                    self.rt.log,
+                    self.pipelines,
+                    timeout_s=self.cfg.freshness.timeout_s,
+                    poll_s=self.cfg.freshness.poll_ms / 1000,
+                )
+                stale = not fr.caught_up
+                t = lap("freshness", t)
+            emb = self.embedder  # 2
+            vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
+            t = lap("embed", t)
+            profile = self._profile(conn, q.customer_id)  # 3
+            scope = profile.person_id if profile is not None else ""
+            params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
+            use_cache = self.cfg.cache.enabled and q.cache == "use"
+            hit = None
+            if use_cache:  # 4
+                hit = cache.lookup(
+                    conn,
+                    tenant=who.tenant,
+                    scope=scope,
+                    params=params,
+                    embedding=vec,
+                    threshold=self.cfg.cache.threshold,
+                )
+                t = lap("cache", t)
+            if hit is not None:
+                body = dict(hit.response)
+                cache_state = "hit"
+            else:
+                body, uses, profile_used = self._answer(conn, question, vec, k, q.customer_id)
+                t = lap("retrieve_generate", t)
+                cache_state = "miss" if use_cache else "bypass"
+                if use_cache and (uses or profile_used is not None):  # 7
+                    cache.store(
+                        conn,
+                        tenant=who.tenant,
+                        scope=scope,
+                        params=params,
+                        question=question,
+                        embedding=vec,
+                        response=body,
+                        uses=uses,
+                        person_id=profile_used.person_id if profile_used else None,
+                        profile_version=profile_used.version if profile_used else None,
+                        ttl_s=self.cfg.cache.ttl_s,
+                    )
+                    t = lap("cache_store", t)
+            progresses = freshness.progress(conn, self.rt.log, self.pipelines)
+            conversation_id = str(uuid.uuid4())
+            out: dict[str, Any] = {
+                **body,
+                "as_of": freshness.as_of(progresses),
+                "cache": cache_state,
+                "conversation_id": conversation_id,
+            }
+            if stale is not None:
+                out["stale"] = stale
+            self._log_conversation(conn, out, question, q, who, scope)  # 8
+            lap("log", t)
+        timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        out["timings_ms"] = timings
+        return out
+
+    def _profile(self, conn: Conn, ref: str | None) -> Any:
+        if not ref:
+            return None
+        from headwater.profiles.store import get_profile
+
+        return get_profile(conn, ref)
+
+    def _answer(
+        self, conn: Conn, question: str, vec: np.ndarray, k: int, customer: str | None
+    ) -> tuple[dict[str, Any], list[cache.Use], Any]:
+        from headwater.knowledge.search import search
+
+        with conn.transaction():  # 5: one snapshot for profile, passages and versions
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            profile = self._profile(conn, customer)
+            hits = search(conn, _OneVector(self.embedder, question, vec), question, k=k)
+            meta: dict[str, tuple[int, float, int]] = {}
+            if hits:
+                rows = conn.execute(
+                    "SELECT c.chunk_id, c.version, 1 - (c.embedding <=> %s::vector),"
+                    " d.version FROM headwater_kb.chunks c JOIN headwater_kb.documents d"
+                    " ON d.doc_id = c.doc_id WHERE c.chunk_id = ANY(%s)",
+                    (cache.vector_literal(vec), [h.chunk_id for h in hits]),
+                ).fetchall()
+                meta = {r[0]: (int(r[1]), float(r[2] or 0.0), int(r[3])) for r in rows}
+        passages = [
+            Passage(
+                n=i + 1,
+                doc_id=h.doc_id,
+                chunk_id=h.chunk_id,
+                version=meta[h.chunk_id][0],
+                source=h.source,
+                title=h.title,
+                text=h.text,
+                relevance=meta[h.chunk_id][1],
+                doc_version=meta[h.chunk_id][2],
+            )
+            for i, h in enumerate(h for h in hits if h.chunk_id in meta)
+        ]
+        facts = flatten_profile(profile.profile) if profile is not None else []
+        changes = _changes(profile.profile) if profile is not None else []
+        prompt = build_prompt(
+            question, passages, facts, changes, budget=self.cfg.prompt_tokens
+        )  # 6
+        gen = self.generator.generate(prompt)
+        by_n = {p.n: p for p in prompt.passages}
+        citations = [
+            {
+                "doc_id": by_n[n].doc_id,
+                "chunk_id": by_n[n].chunk_id,
+                "version": by_n[n].version,
+                "source": by_n[n].source,
+                "text": by_n[n].text,
+            }
+            for n in gen.cited
+            if n in by_n
+        ]
+        used_facts = {
+            f.field: f.value for f in prompt.facts if gen.facts is None or f.field in gen.facts
+        }
+        body = {"answer": gen.text, "citations": citations, "profile_fields": used_facts}
+        if not gen.found:  # nothing relevant: not cached (a new document may answer it)
+            return body, [], None
+        uses = [cache.Use(p.chunk_id, p.version, p.doc_id, p.doc_version) for p in prompt.passages]
+        # The profile shaped the answer (which facts to quote, or none): record it.
+        return body, uses, profile
+
+    def _log_conversation(
+        self,
+        conn: Conn,
+        out: dict[str, Any],
+        question: str,
+        q: AskQuery,
+        who: Principal,
+        scope: str,
+    ) -> None:
+        value = {
+            "conversation_id": out["conversation_id"],
+            "ts_ms": int(time.time() * 1000),
+            "tenant": who.tenant,
+            "api_key": who.name,
+            "customer_id": q.customer_id,
+            "person_id": scope or None,
+            "question": question,
+            "answer": out["answer"],
+            "citations": [
+                {k: c[k] for k in ("doc_id", "chunk_id", "version", "source")}
+                for c in out["citations"]
+            ],
+            "profile_fields": sorted(out["profile_fields"]),
+            "cache": out["cache"],
+            "consistency": q.consistency,
+            "stale": out.get("stale", False),
+            "as_of": out["as_of"],
+        }
+        rec = Record(out["conversation_id"].encode(), json.dumps(value).encode())
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO headwater_serving.conversations (conversation_id, tenant)"
+                " VALUES (%s, %s)",
+                (out["conversation_id"], who.tenant),
+            )
+            if self.rt.log.backend == "postgres":
+                self.rt.log.append(CONVERSATIONS, [rec], conn=conn)
+        if self.rt.log.backend != "postgres":
+            self.rt.log.append(CONVERSATIONS, [rec])
+
+    # -- feedback ---------------------------------------------------------------------
+
+    def feedback(
+        self, conversation_id: str, rating: int, comment: str | None, who: Principal
+    ) -> dict[str, Any]:
+        """Append a rating of an answer to the ``feedback`` topic.
+
+        Raises:
+            BadRequest (404): no conversation with this id in the caller's tenant.
+        """
+        value = {
+            "conversation_id": conversation_id,
+            "rating": rating,
+            "comment": comment,
+            "ts_ms": int(time.time() * 1000),
+            "tenant": who.tenant,
+            "api_key": who.name,
+        }
+        rec = Record(conversation_id.encode(), json.dumps(value).encode())
+        with self.pool.connection() as conn, conn.transaction():
+            known = conn.execute(
+                "SELECT 1 FROM headwater_serving.conversations"
+                " WHERE conversation_id = %s AND tenant = %s",
+                (conversation_id, who.tenant),
+            ).fetchone()
+            if known is None:
+                raise BadRequest(f"no conversation {conversation_id}", status=404)
+            if self.rt.log.backend == "postgres":
+                self.rt.log.append(FEEDBACK, [rec], conn=conn)
+        if self.rt.log.backend != "postgres":
+            self.rt.log.append(FEEDBACK, [rec])
+        return {"conversation_id": conversation_id, "accepted": True}

@@ -14,11 +14,11 @@ transaction is in the log.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from headwater.jsoncodec import dumps
 from headwater.log.base import Record
 
 from .values import json_safe, row_json
@@ -58,17 +58,13 @@ class SourceInfo:
         return out
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def key_of(pk: Sequence[str], row: Mapping[str, Any]) -> bytes:
     """The record key: the primary-key columns of ``row`` as compact JSON.
 
     Raises:
         KeyError: a primary-key column is missing from the row.
     """
-    return _dumps({c: json_safe(row[c]) for c in pk})
+    return dumps({c: json_safe(row[c]) for c in pk})
 
 
 def change_record(
@@ -92,7 +88,7 @@ def change_record(
     assert keyed is not None
     return Record(
         key=key_of(pk, keyed),
-        value=_dumps(value),
+        value=dumps(value),
         headers={"position": position, "op": op},
         timestamp_ms=source.ts_ms or now_ms,
     )

@@ -18,6 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from headwater.engine.worker import Worker, WorkerOptions
+from headwater.log.base import TopicSpec, dlq_topic
+from headwater.log.postgres import PostgresLog
+from headwater.sinks.replica import ReplicaSink
 from headwater.storage.embedded import EmbeddedPostgres
 from headwater.storage.schema import migrate
 
@@ -69,3 +73,16 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def merge(log: PostgresLog, topic: str, sink: ReplicaSink, batch: int = 7) -> Any:
+    """Run a worker over ``topic`` until it is idle; its stats."""
+    log.create_topic(TopicSpec(dlq_topic(f"replica-{sink.table}"), 1))
+    return Worker(
+        pipeline=f"replica-{sink.table}",
+        topic=topic,
+        processor=sink,
+        log=log,
+        dsn=log.dsn,
+        options=WorkerOptions(batch_max_events=batch, batch_max_ms=0, retry_initial_ms=10),
+    ).run(until_idle=True)

@@ -15,11 +15,12 @@ import pytest
 
 from headwater.errors import SourceError
 from headwater.log.postgres import PostgresLog
+from headwater.sinks.replica import ReplicaSink
 from headwater.sources.mysql import MySQLSettings, MySQLSource
 from headwater.sources.mysql import state as mysql_state
 from headwater.storage.embedded import EmbeddedPostgres
 
-from .conftest import new_database, query
+from .conftest import merge, new_database, query
 from .mariadb_server import MariaDB, start_mariadb
 from .mariadb_server import mariadb_server as mariadb_server
 
@@ -365,6 +366,32 @@ def test_ddl_mid_stream_decodes_with_the_columns_of_the_time(env: Env) -> None:
         {"id": 4000000000, "full_name": "dee", "email": "d@x"},
     ]
     assert ev[2]["before"] == {"id": 1, "full_name": "ada", "age": 36, "email": None}
+    # Every column change gives a new schema version; the same shape keeps its version.
+    versions = [e["source"]["schema_version"] for e in ev]
+    assert len(set(versions)) == 5
+
+
+def test_truncate_reaches_every_partition_and_the_replica(env: Env) -> None:
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1), (2, 2)")
+    src = env.source(["t"])
+    src.start()
+    env.sql(
+        "INSERT INTO t VALUES (3, 3), (4, 4)",
+        "TRUNCATE TABLE t",
+        "INSERT INTO t VALUES (5, 5)",
+        f"TRUNCATE `{env.db}`.`t`",
+        "INSERT INTO t VALUES (6, 6), (7, 7)",
+        "UPDATE t SET v = 70 WHERE id = 7",
+    )
+    src.catch_up()
+    ev = env.events("t")
+    truncates = [e for e in ev if e["op"] == "t"]
+    assert sorted(e["_p"] for e in truncates) == [0, 0, 1, 1, 2, 2]
+    assert all(e["source"]["table"] == "t" and e["after"] is None for e in truncates)
+    topic = f"crm.{env.db}.t"
+    stats = merge(env.log, topic, ReplicaSink("crm", "t"), batch=3)
+    assert stats.dead_letters == 0
+    assert query(env.dsn, "SELECT id, v FROM crm.t ORDER BY id") == [(6, 6), (7, 70)]
 
 
 def test_primary_key_change_is_delete_then_create(env: Env) -> None:

@@ -17,14 +17,13 @@ import pytest
 
 from headwater.config.model import ReplicaPipeline, Settings
 from headwater.engine.registry import build_processor
-from headwater.engine.worker import Worker, WorkerOptions
 from headwater.log.base import LogRecord, Record, TopicSpec, dlq_topic
 from headwater.log.postgres import PostgresLog
 from headwater.sinks.replica import ReplicaSink, json_type, position_key, widen
 from headwater.sources.postgres import PostgresSource
 from headwater.storage.embedded import EmbeddedPostgres
 
-from .conftest import new_database, query
+from .conftest import merge, new_database, query
 from .mariadb_server import MariaDB
 from .mariadb_server import mariadb_server as mariadb_server
 from .test_cdc_mysql import Env
@@ -45,19 +44,6 @@ def log(dsn: str) -> Iterator[PostgresLog]:
     lg = PostgresLog(dsn)
     yield lg
     lg.close()
-
-
-def merge(log: PostgresLog, topic: str, sink: ReplicaSink, batch: int = 7) -> Any:
-    """Run a worker over ``topic`` until it is idle; its stats."""
-    log.create_topic(TopicSpec(dlq_topic(f"replica-{sink.table}"), 1))
-    return Worker(
-        pipeline=f"replica-{sink.table}",
-        topic=topic,
-        processor=sink,
-        log=log,
-        dsn=log.dsn,
-        options=WorkerOptions(batch_max_events=batch, batch_max_ms=0, retry_initial_ms=10),
-    ).run(until_idle=True)
 
 
 def rows(dsn: str, table: str, cols: str = COLS) -> list[tuple[Any, ...]]:

@@ -43,3 +43,15 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition of ``key`` among ``partitions``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def key_per_partition(partitions: int) -> list[bytes]:
+    """One record key for each partition (index = partition), so an event meant for
+    every consumer of a topic (a TRUNCATE) can be written once into each partition."""
+    keys: dict[int, bytes] = {}
+    i = 0
+    while len(keys) < partitions:
+        k = f'{{"__truncate":{i}}}'.encode()
+        keys.setdefault(partition_for(k, partitions), k)
+        i += 1
+    return [keys[p] for p in range(partitions)]

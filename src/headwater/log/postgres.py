@@ -502,7 +502,7 @@ def _read(conn: Conn, t: _Topic, offsets: Mapping[int, int], limit: int) -> list
         have = taken.get(p, 0)
         if have >= per:
             continue
-        recs = decode_segment(t.name, p, base, payload, offsets[p])[: per - have]
+        recs = decode_segment(t.name, p, base, payload, offsets[p], per - have)
         taken[p] = have + len(recs)
         out.extend(recs)
     if rows:

@@ -16,10 +16,12 @@ A record's frame (big-endian)::
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 
+import orjson
+
+from headwater.jsoncodec import dumps
 from headwater.log.base import LogRecord, Record
 
 _FRAME = struct.Struct("!iqiii")
@@ -61,7 +63,7 @@ class SegmentFramer:
         elif h is self._last_h:  # records of one source transaction share their headers
             hdr = self._last_hdr
         else:
-            hdr = json.dumps(h, separators=(",", ":")).encode()
+            hdr = dumps(h)
             self._last_h, self._last_hdr = h, hdr
         frames.append(
             _FRAME.pack(
@@ -93,21 +95,34 @@ class SegmentFramer:
 
 
 def decode_segment(
-    topic: str, partition: int, base: int, payload: bytes, from_offset: int = 0
+    topic: str,
+    partition: int,
+    base: int,
+    payload: bytes,
+    from_offset: int = 0,
+    limit: int | None = None,
 ) -> list[LogRecord]:
-    """The records of a segment at or after ``from_offset``, in offset order.
+    """Up to ``limit`` records of a segment at or after ``from_offset``, in offset order.
 
-    Consecutive records with equal headers share one (read-only) headers mapping."""
+    Records before ``from_offset`` are stepped over without being decoded, and decoding
+    stops at ``limit``: a reader taking a segment in several batches pays for each
+    record once. Consecutive records with equal headers share one (read-only) headers
+    mapping."""
     out: list[LogRecord] = []
     append = out.append
     unpack = _FRAME.unpack_from
-    loads = json.loads
+    loads = orjson.loads  # headers map str to str: no big integers to guard against
     pos, end = 0, len(payload)
+    want = -1 if limit is None else limit
     last_raw: bytes = b""
     last_headers: dict[str, str] = _NO_HEADERS
-    while pos < end:
+    while pos < end and want != 0:
         delta, ts, klen, vlen, hlen = unpack(payload, pos)
         pos += _HEAD
+        if base + delta < from_offset:
+            # -1 marks an absent part: step over each present part's bytes.
+            pos += klen + vlen + hlen + (klen < 0) + (vlen < 0) + (hlen < 0)
+            continue
         if klen >= 0:
             key: bytes | None = payload[pos : pos + klen]
             pos += klen
@@ -126,8 +141,8 @@ def decode_segment(
             pos += hlen
         else:
             headers = _NO_HEADERS
-        if base + delta >= from_offset:
-            append(LogRecord(topic, partition, base + delta, key, value, headers, ts))
+        append(LogRecord(topic, partition, base + delta, key, value, headers, ts))
+        want -= 1
     return out
 
 

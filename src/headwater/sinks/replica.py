@@ -69,7 +69,6 @@ Limits:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,12 +78,11 @@ from psycopg import sql
 
 from headwater.engine.processor import Processor
 from headwater.errors import ProcessingError
+from headwater.jsoncodec import JSONDecodeError, dumps, dumps_str, loads
 from headwater.log.base import Conn, LogRecord
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _BINLOG_INDEX = re.compile(r"(\d+)$")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_loads = json.JSONDecoder().decode
 
 META = ("_hw_position", "_hw_position_key", "_hw_partition", "_hw_op", "_hw_updated_at")
 _META_DDL = (
@@ -189,8 +187,8 @@ def _parse(r: LogRecord, positions: dict[Any, int | None]) -> _Change | _Truncat
     if r.value is None:
         return None
     try:
-        ev = _loads(r.value.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        ev = loads(r.value)
+    except JSONDecodeError as exc:
         raise ProcessingError(f"value is not JSON: {exc}") from None
     if not isinstance(ev, dict):
         raise ProcessingError("value is not a change event (not a JSON object)")
@@ -225,8 +223,8 @@ def _parse(r: LogRecord, positions: dict[Any, int | None]) -> _Change | _Truncat
         key: Any = None
         if r.key is not None:
             try:
-                key = json.loads(r.key)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                key = loads(r.key)
+            except JSONDecodeError:
                 raise ProcessingError("key is not JSON") from None
         if key is None:
             key = ev.get("before")
@@ -243,7 +241,7 @@ def _identity(r: LogRecord, ch: _Change, key_columns: Sequence[str]) -> bytes:
         return r.key
     row = ch.row if ch.row is not None else ch.key
     assert row is not None
-    return _dumps({c: row.get(c) for c in key_columns}).encode()
+    return dumps({c: row.get(c) for c in key_columns})
 
 
 def _collapse(into: dict[bytes, _Change], ident: bytes, ch: _Change) -> None:
@@ -388,7 +386,7 @@ class ReplicaSink(Processor):
                         sql.SQL("t.{c} = k.{c}").format(c=sql.Identifier(c)) for c in shape.key
                     ),
                 ),
-                (_dumps(keys),),
+                (dumps_str(keys),),
             )
         groups: dict[frozenset[str], list[dict[str, Any]]] = {}
         for c in upserts:
@@ -425,7 +423,7 @@ class ReplicaSink(Processor):
                 key=sql.SQL(", ").join(map(sql.Identifier, shape.key)),
                 updates=sql.SQL(", ").join(updates),
             ),
-            (_dumps(rows),),
+            (dumps_str(rows),),
         )
 
     def _truncate(self, conn: Conn, shape: _Shape, t: _Truncate) -> None:
@@ -451,8 +449,8 @@ def _first_key(parsed: Iterable[tuple[LogRecord, _Change | _Truncate | None]]) -
             return list(ch.key)
         if r.key is not None:
             try:
-                key = json.loads(r.key)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                key = loads(r.key)
+            except JSONDecodeError:
                 raise ProcessingError("key is not JSON") from None
             if isinstance(key, dict) and key:
                 return list(key)

@@ -4,7 +4,13 @@ Value::
 
     {"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
      "source": {"connector": "mysql", "name", "db", "table", "file", "pos", "row",
-                "gtid", "ts_ms", "snapshot"}, "ts_ms"}
+                "gtid", "ts_ms", "snapshot", "schema_version"}, "ts_ms"}
+
+``schema_version`` (streamed events) fingerprints the column names and binlog types the
+row was written with; it changes with every DDL that changes them. A ``TRUNCATE`` of a
+captured table is ``{"op": "t", "before": null, "after": null, ...}``, written once into
+every partition of the table's topic (keys from :func:`key_per_partition`) so that each
+consumer sees it in order with the rows before and after it.
 
 Key: the primary-key columns as compact JSON (``{"id":1}``), so one row always lands
 in one partition and its changes stay in commit order. Header ``position``: the
@@ -14,12 +20,13 @@ transaction is in the log.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from headwater.jsoncodec import dumps
 from headwater.log.base import Record
+from headwater.log.partitioner import key_per_partition
 
 from .values import json_safe, row_json
 
@@ -39,6 +46,7 @@ class SourceInfo:
     snapshot: Literal["true", "last", "false"] = "false"
     gtid: str | None = None
     row: int = 0
+    schema_version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,11 +63,9 @@ class SourceInfo:
         }
         if self.gtid is not None:
             out["gtid"] = self.gtid
+        if self.schema_version is not None:
+            out["schema_version"] = self.schema_version
         return out
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def key_of(pk: Sequence[str], row: Mapping[str, Any]) -> bytes:
@@ -68,7 +74,7 @@ def key_of(pk: Sequence[str], row: Mapping[str, Any]) -> bytes:
     Raises:
         KeyError: a primary-key column is missing from the row.
     """
-    return _dumps({c: json_safe(row[c]) for c in pk})
+    return dumps({c: json_safe(row[c]) for c in pk})
 
 
 def change_record(
@@ -92,10 +98,28 @@ def change_record(
     assert keyed is not None
     return Record(
         key=key_of(pk, keyed),
-        value=_dumps(value),
+        value=dumps(value),
         headers={"position": position, "op": op},
         timestamp_ms=source.ts_ms or now_ms,
     )
+
+
+def truncate_records(
+    source: SourceInfo, partitions: int, position: str, now_ms: int
+) -> list[Record]:
+    """A TRUNCATE of ``source.table``: one ``t`` event per partition of its topic."""
+    value = dumps(
+        {"op": "t", "before": None, "after": None, "source": source.as_dict(), "ts_ms": now_ms}
+    )
+    return [
+        Record(
+            key=k,
+            value=value,
+            headers={"position": position, "op": "t"},
+            timestamp_ms=source.ts_ms or now_ms,
+        )
+        for k in key_per_partition(partitions)
+    ]
 
 
 def topic_name(prefix: str, db: str, table: str) -> str:

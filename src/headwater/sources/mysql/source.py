@@ -297,6 +297,7 @@ class MySQLSource:
             self.tables,
             self.topic_prefix,
             self.heartbeat_s,
+            self.partitions,
         )
         self._reader = reader
         try:

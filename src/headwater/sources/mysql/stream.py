@@ -10,7 +10,10 @@ so rows written after an ``ALTER TABLE`` decode with the columns they were writt
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -19,13 +22,31 @@ from typing import Any
 from headwater.errors import SourceError
 from headwater.log.base import Record
 
-from .envelope import Op, SourceInfo, change_record, topic_name
+from .envelope import Op, SourceInfo, change_record, topic_name, truncate_records
 from .position import BinlogPosition
 from .settings import MySQLSettings
 
 log = logging.getLogger(__name__)
 
 _IN_TXN_STATEMENTS = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT")
+_TRUNCATE = re.compile(
+    r"^TRUNCATE\s+(?:TABLE\s+)?(?:`?([^`\s.]+)`?\.)?`?([^`\s.;]+)`?\s*;?\s*$", re.IGNORECASE
+)
+
+
+def _truncated_table(query: str, default_db: str) -> tuple[str, str] | None:
+    """``(db, table)`` if ``query`` is a TRUNCATE statement (else None)."""
+    m = _TRUNCATE.match(query)
+    if m is None:
+        return None
+    return (m.group(1) or default_db, m.group(2))
+
+
+def schema_version(db: str, table: str, columns: list[tuple[str, int]]) -> str:
+    """A fingerprint of a table's columns (name, binlog type code) as the binlog has
+    them; any DDL that renames, adds, drops or retypes a column changes it."""
+    raw = json.dumps([db, table, columns], separators=(",", ":")).encode()
+    return hashlib.sha1(raw).hexdigest()[:12]
 
 
 @dataclass
@@ -68,6 +89,7 @@ class BinlogReader:
         tables: list[str],
         topic_prefix: str,
         heartbeat_s: float = 0.5,
+        partitions: int = 3,
     ) -> None:
         from pymysqlreplication import BinLogStreamReader  # type: ignore[import-untyped]
         from pymysqlreplication.event import (  # type: ignore[import-untyped]
@@ -88,6 +110,8 @@ class BinlogReader:
 
         self.name = name
         self.topic_prefix = topic_prefix
+        self.partitions = partitions
+        self._versions: dict[int, str] = {}  # binlog table id -> schema version
         self.position = start
         self._tables = {tuple(t.split(".", 1)) for t in tables}
         self._txn: _Txn | None = None
@@ -183,7 +207,26 @@ class BinlogReader:
         # DDL (and other statements logged as text): each is its own boundary.
         schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
         log.info("mysql source %s: statement in %s: %s", self.name, schema, query[:200])
-        return self._commit(ddl=query)
+        done = self._commit(ddl=query)
+        truncated = _truncated_table(query, schema)
+        if truncated in self._tables:
+            # Its rows' position is the statement's end: consumers that applied it
+            # have applied everything before it.
+            info = SourceInfo(
+                self.name,
+                truncated[0],
+                truncated[1],
+                done.position.file,
+                done.position.pos,
+                int(event.timestamp) * 1000,
+            )
+            topic = topic_name(self.topic_prefix, *truncated)
+            now_ms = int(time.time() * 1000)
+            done.records = [
+                (topic, r)
+                for r in truncate_records(info, self.partitions, str(done.position), now_ms)
+            ]
+        return done
 
     def _rows(self, event: Any) -> None:
         key = (str(event.schema), str(event.table))
@@ -206,6 +249,10 @@ class BinlogReader:
             else ("u" if isinstance(event, c["update"]) else "d")
         )
         topic = topic_name(self.topic_prefix, key[0], key[1])
+        version = self._versions.get(event.table_id)
+        if version is None:
+            cols = [(str(c.name), int(c.type)) for c in event.columns]
+            version = self._versions[event.table_id] = schema_version(*key, cols)
         ts_ms = int(event.timestamp) * 1000
         now_ms = int(time.time() * 1000)
         txn = self._txn
@@ -215,14 +262,14 @@ class BinlogReader:
                 if any(before[k] != after[k] for k in pk):
                     # The key changed: like Debezium, a delete of the old key and a
                     # create of the new one, so keyed consumers drop the old row.
-                    self._add(txn, topic, "d", pk, before, None, key, ts_ms, now_ms)
-                    self._add(txn, topic, "c", pk, None, after, key, ts_ms, now_ms)
+                    self._add(txn, topic, "d", pk, before, None, key, version, ts_ms, now_ms)
+                    self._add(txn, topic, "c", pk, None, after, key, version, ts_ms, now_ms)
                     continue
             elif op == "c":
                 before, after = None, row["values"]
             else:
                 before, after = row["values"], None
-            self._add(txn, topic, op, pk, before, after, key, ts_ms, now_ms)
+            self._add(txn, topic, op, pk, before, after, key, version, ts_ms, now_ms)
 
     def _add(
         self,
@@ -233,6 +280,7 @@ class BinlogReader:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
         table: tuple[str, str],
+        version: str,
         ts_ms: int,
         now_ms: int,
     ) -> None:
@@ -246,6 +294,7 @@ class BinlogReader:
             "false",
             txn.gtid,
             len(txn.records),
+            version,
         )
         txn.records.append(
             (topic, change_record(op, pk, before, after, info, str(txn.start), now_ms))

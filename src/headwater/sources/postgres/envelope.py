@@ -36,10 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from headwater.jsoncodec import dumps
 from headwater.sources.postgres.pgoutput import UNCHANGED, Relation, TupleValue
 from headwater.sources.postgres.values import Converter, ValueDecoder
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ def record_key(shape: TableShape, row: dict[str, Any] | None) -> bytes | None:
     if row is None or not shape.key_index:
         return None
     names = shape.names
-    return _dumps({names[i]: row.get(names[i]) for i in shape.key_index}).encode()
+    return dumps({names[i]: row.get(names[i]) for i in shape.key_index})
 
 
 def change_event(
@@ -220,7 +219,7 @@ def source_fragment(
 ) -> bytes:
     """The JSON of an event's ``source`` block, rendered once per transaction and
     table for :func:`encode_change`."""
-    return _dumps(
+    return dumps(
         source_block(
             shape,
             source_name=source_name,
@@ -230,7 +229,7 @@ def source_fragment(
             commit_ts_ms=commit_ts_ms,
             snapshot=snapshot,
         )
-    ).encode()
+    )
 
 
 def encode_change(
@@ -243,17 +242,15 @@ def encode_change(
 ) -> bytes:
     """The same bytes as ``encode(change_event(...))``, with a pre-rendered ``source``
     block (the hot path: one JSON encoding per row instead of the whole envelope)."""
-    extra = (
-        b',"unchanged_toast":' + _dumps(list(unchanged_toast)).encode() if unchanged_toast else b""
-    )
+    extra = b',"unchanged_toast":' + dumps(list(unchanged_toast)) if unchanged_toast else b""
     return b"".join(
         (
             b'{"op":"',
             op.encode(),
             b'","before":',
-            b"null" if before is None else _dumps(before).encode(),
+            b"null" if before is None else dumps(before),
             b',"after":',
-            b"null" if after is None else _dumps(after).encode(),
+            b"null" if after is None else dumps(after),
             b',"source":',
             source,
             b',"ts_ms":',
@@ -266,7 +263,7 @@ def encode_change(
 
 def encode(event: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON of an event."""
-    return _dumps(event).encode()
+    return dumps(event)
 
 
 __all__ = [

@@ -64,7 +64,7 @@ from psycopg import sql
 
 from headwater.errors import SourceError
 from headwater.log.base import Conn, Log, Record, TopicSpec
-from headwater.log.partitioner import partition_for
+from headwater.log.partitioner import key_per_partition
 from headwater.sources.postgres import envelope as env
 from headwater.sources.postgres.catalog import (
     TableInfo,
@@ -114,17 +114,6 @@ def slot_lag_bytes(src: Conn, slot: str) -> int | None:
         (slot,),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
-
-
-def _truncate_keys(partitions: int) -> list[bytes]:
-    """One key per partition, so a TRUNCATE lands in every partition."""
-    keys: dict[int, bytes] = {}
-    i = 0
-    while len(keys) < partitions:
-        k = f'{{"__truncate":{i}}}'.encode()
-        keys.setdefault(partition_for(k, partitions), k)
-        i += 1
-    return [keys[p] for p in range(partitions)]
 
 
 class PostgresSource:
@@ -179,7 +168,7 @@ class PostgresSource:
         self._decoder = ValueDecoder()
         self._tables: dict[int, TableInfo] = {}
         self._shapes: dict[int, env.TableShape] = {}
-        self._trunc_keys = _truncate_keys(partitions)
+        self._trunc_keys = key_per_partition(partitions)
         self._db = ""
         self._state: SourceState | None = None
         self._state_conn: Conn | None = None

@@ -22,9 +22,10 @@ it with the table and column).
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable
 from typing import Any
+
+from headwater.jsoncodec import loads
 
 Converter = Callable[[bytes], Any]
 
@@ -85,7 +86,7 @@ SCALARS: dict[int, Converter] = {
     23: int,
     25: _text,
     26: int,
-    114: json.loads,
+    114: loads,
     700: _float,
     701: _float,
     790: _text,  # money: string, exact
@@ -99,7 +100,7 @@ SCALARS: dict[int, Converter] = {
     1266: _text,
     1700: _text,  # numeric: string, exact
     2950: _text,
-    3802: json.loads,
+    3802: loads,
 }
 
 ARRAYS: dict[int, int] = {

@@ -78,6 +78,10 @@ def up(
     from headwater.engine.supervisor import Supervisor
 
     settings = _settings(config)
+    if settings.server.enabled and not no_server:
+        from headwater.serving.auth import check_exposure
+
+        check_exposure(settings)  # before anything starts: no open API on the network
     started_pg = None
     if settings.storage.embedded:
         from headwater.storage.embedded import EmbeddedPostgres
@@ -358,6 +362,12 @@ def source(
 def version() -> None:
     """Print the version."""
     out.print(__version__)
+
+
+from headwater.cli import serving as _serving  # noqa: E402
+
+app.command()(_serving.ask)
+app.command()(_serving.key)
 
 
 def main() -> None:

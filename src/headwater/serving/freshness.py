@@ -12,8 +12,11 @@ the last record it applied (engine/status.py). Positions compare as numbers
    asking is at or below P.
 2. Wait until the source has made everything up to P durable in the log: on PostgreSQL
    the slot's ``confirmed_flush_lsn`` (confirmed only after the append; it also moves
-   past WAL of other tables and databases on keepalives) or the stored position
-   reaches P; on MySQL the stored binlog position (heartbeats move it) reaches P.
+   past WAL of other tables and databases on keepalives, which the source reports every
+   few seconds — so after unrelated WAL the wait can take that long) or the stored
+   position reaches P; on MySQL the stored binlog position (heartbeats move it) reaches
+   P. A files source has no single position: it is there when its manifest (written in
+   the append's transaction) matches the folder as it is now.
 3. At that moment read the end offsets E of the source's topics. Each dependent
    pipeline is caught up when every partition either has applied up to E (committed
    offset ≥ E: an idle partition with nothing pending counts as caught up, whatever its
@@ -27,12 +30,15 @@ passes first, the answer is given anyway, marked ``stale: true``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from headwater.config.model import PipelineConfig, Settings, SourceConfig
+from headwater.config.model import PipelineConfig, Settings
 from headwater.errors import TopicNotFound
 from headwater.log.base import Conn, Log
 from headwater.sinks.replica import position_key
@@ -110,10 +116,15 @@ def as_of(progresses: Mapping[str, Progress]) -> dict[str, str | None]:
     return {name: pr.as_of() for name, pr in progresses.items()}
 
 
-def source_of(settings: Settings, topic: str) -> SourceConfig | None:
+def source_of(settings: Settings, topic: str) -> Any:
+    """The configured source that writes ``topic`` (a CDC or a files source), or None."""
     for s in settings.sources:
-        if any(s.topic_of(sc, t) == topic for sc, t in s.table_refs()):
-            return s
+        src: Any = s
+        if src.kind == "files":
+            if src.topic == topic:
+                return src
+        elif any(src.topic_of(sc, t) == topic for sc, t in src.table_refs()):
+            return src
     return None
 
 
@@ -121,12 +132,17 @@ def source_of(settings: Settings, topic: str) -> SourceConfig | None:
 
 
 class _SourceProbe:
-    """Reads one source's current position and how far Headwater has made it durable."""
+    """A CDC source: its current position (the target, read once) and whether
+    Headwater has made everything up to it durable in the log."""
 
-    def __init__(self, src: SourceConfig, state: Conn) -> None:
+    def __init__(self, src: Any, state: Conn) -> None:
         self.src = src
         self.state = state
         self._conn: Any = None
+        self.target: int | None = self.current()
+
+    def reached(self) -> bool:
+        return self.durable() >= (self.target or 0)
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -187,12 +203,63 @@ class _SourceProbe:
             self._conn.close()
 
 
+class _FilesProbe:
+    """A files source: reached when its manifest (what it has made durable in the log,
+    written in the append's transaction) matches the folder as it is now. A file whose
+    size or mtime differ is hashed; same bytes (a touch) count as published."""
+
+    target: int | None = None
+
+    def __init__(self, src: Any, state: Conn) -> None:
+        self.src = src
+        self.state = state
+        self.root = Path(src.path).expanduser().resolve()
+
+    def reached(self) -> bool:
+        from headwater.sources.files.globs import selected
+
+        manifest = {
+            str(r[0]): (str(r[1]), int(r[2]), int(r[3]))
+            for r in self.state.execute(
+                "SELECT path, content_hash, size, mtime_ns FROM headwater_kb.file_manifest"
+                " WHERE source = %s",
+                (self.src.name,),
+            ).fetchall()
+        }
+        seen: set[str] = set()
+        for dirpath, _, filenames in os.walk(self.root):
+            for fn in filenames:
+                path = Path(dirpath, fn)
+                rel = path.relative_to(self.root).as_posix()
+                if not selected(rel, self.src.include, self.src.exclude):
+                    continue
+                seen.add(rel)
+                known = manifest.get(rel)
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # vanished while we looked: its deletion is checked below
+                if known is None:
+                    return False
+                if (known[1], known[2]) == (st.st_size, st.st_mtime_ns):
+                    continue
+                try:
+                    if hashlib.sha256(path.read_bytes()).hexdigest() != known[0]:
+                        return False
+                except OSError:
+                    return False
+        return not (set(manifest) - seen)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Freshness:
     caught_up: bool
     waited_ms: float
-    targets: Mapping[str, int]
-    """Per source: the position waited for (as a number)."""
+    targets: Mapping[str, int | None]
+    """Per source: the position waited for (as a number; None for a files source)."""
 
 
 def wait_fresh(
@@ -214,7 +281,7 @@ def wait_fresh(
     deadline = t0 + timeout_s
     by_source: dict[str, list[PipelineConfig]] = {}
     unsourced: list[PipelineConfig] = []
-    sources: dict[str, SourceConfig] = {}
+    sources: dict[str, Any] = {}
     for p in pipelines:
         s = source_of(settings, p.input)
         if s is None:
@@ -222,9 +289,11 @@ def wait_fresh(
         else:
             by_source.setdefault(s.name, []).append(p)
             sources[s.name] = s
-    probes = {name: _SourceProbe(s, conn) for name, s in sources.items()}
+    probes: dict[str, _SourceProbe | _FilesProbe] = {}
     try:
-        targets = {name: pr.current() for name, pr in probes.items()}
+        for name, s in sources.items():
+            probes[name] = _FilesProbe(s, conn) if s.kind == "files" else _SourceProbe(s, conn)
+        targets = {name: pr.target for name, pr in probes.items()}
         # Pipelines without a source: what was appended before now must be applied.
         required: dict[str, dict[int, int]] = {
             p.name: {part: end for part, (_, end, _) in pr.partitions.items()}
@@ -234,7 +303,7 @@ def wait_fresh(
         waiting_sources = set(targets)
         while True:
             for name in sorted(waiting_sources):
-                if probes[name].durable() >= targets[name]:
+                if probes[name].reached():
                     waiting_sources.discard(name)
                     for p in by_source[name]:
                         pr = progress(conn, log, [p])[p.name]

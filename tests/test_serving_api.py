@@ -96,7 +96,8 @@ def stack(tmp_path: Path, dsn: str, embedder: Any) -> Iterator[Stack]:
     for name, scopes in (("app", ["ask", "feedback"]), ("reader", ["search"]), ("ops", ["admin"])):
         keys[name], digest = new_key()
         entries.append(
-            f'[[serving.auth.keys]]\nname = "{name}"\nsha256 = "{digest}"\nscopes = {json.dumps(scopes)}\n'
+            f'[[serving.auth.keys]]\nname = "{name}"\nsha256 = "{digest}"\n'
+            f"scopes = {json.dumps(scopes)}\n"
         )
     cfg = tmp_path / "headwater.toml"
     cfg.write_text(
@@ -169,7 +170,8 @@ def test_fresh_read_cites_the_new_version_and_never_serves_the_old_answer(stack:
 
 
 def test_invalidation_happens_in_the_changing_transaction(stack: Stack) -> None:
-    stack.ask(question=QUESTION)
+    # k=1: the answer is given (and depends on) the refunds chunk only
+    assert stack.ask(question=QUESTION, k=1)["citations"][0]["doc_id"].endswith("refunds.md")
     assert _entries(stack.rt.dsn) == 1
     with psycopg.connect(stack.rt.dsn) as conn:
         conn.execute(
@@ -181,7 +183,7 @@ def test_invalidation_happens_in_the_changing_transaction(stack: Stack) -> None:
         assert _entries(stack.rt.dsn) == 1  # others still see it until we commit
         conn.rollback()
     assert _entries(stack.rt.dsn) == 1
-    # A new chunk of the same document invalidates too; another document's does not.
+    # A new chunk of a document the answer used invalidates it; another document's does not.
     with psycopg.connect(stack.rt.dsn) as conn:
         conn.execute(
             "INSERT INTO headwater_kb.chunks (chunk_id, doc_id, version, ordinal, text,"

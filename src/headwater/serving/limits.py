@@ -38,19 +38,26 @@ class BodyLimit:
                 await _reply(send, 413, self._message())
                 return
         seen = 0
-        started = False
+        started = replied = False
 
         async def counted_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, replied
             msg: Message = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
+                    # Answer now: frameworks turn errors raised while reading the body
+                    # into their own 400, which tracked_send then drops.
+                    if not started and not replied:
+                        replied = True
+                        await _reply(send, 413, self._message())
                     raise _TooLarge
             return msg
 
         async def tracked_send(msg: Message) -> None:
             nonlocal started
+            if replied:
+                return
             if msg["type"] == "http.response.start":
                 started = True
             await send(msg)
@@ -58,8 +65,7 @@ class BodyLimit:
         try:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
-            if not started:
-                await _reply(send, 413, self._message())
+            pass
 
     def _message(self) -> str:
         return f"request body larger than {self.max_bytes} bytes (serving.max_body_bytes)"

@@ -7,6 +7,7 @@ limit. Either way the server holds at most ``max_bytes`` of a request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -62,10 +63,8 @@ class BodyLimit:
                 started = True
             await send(msg)
 
-        try:
+        with contextlib.suppress(_TooLarge):
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            pass
 
     def _message(self) -> str:
         return f"request body larger than {self.max_bytes} bytes (serving.max_body_bytes)"

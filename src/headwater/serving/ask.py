@@ -138,6 +138,35 @@ def flatten_profile(doc: dict[str, Any], prefix: str = "") -> list[Fact]:
     return out[:_MAX_FACTS]
 
 
+_PROFILE_SKIP = frozenset({"person_id", "records", "aliases", "recent_changes", "changes"})
+
+
+def profile_facts(doc: dict[str, Any]) -> list[Fact]:
+    """The facts of a profile document: its attributes (``{name: {value, source}}``) as
+    ``name: value``, identifiers as ``kind: value``, then the rest flattened
+    (``facts.bookings.count: 3``). Bookkeeping (records, aliases) is left out."""
+    out: list[Fact] = []
+    attrs = doc.get("attributes")
+    if isinstance(attrs, dict):
+        for name, v in attrs.items():
+            value = v.get("value") if isinstance(v, dict) and "value" in v else v
+            if value is not None and value != "":
+                out.append(Fact(str(name), str(value)))
+    idents = doc.get("identifiers")
+    if isinstance(idents, list):
+        for i in idents:
+            if isinstance(i, dict) and "kind" in i and "value" in i:
+                out.append(Fact(str(i["kind"]), str(i["value"])))
+    rest = {
+        k: v
+        for k, v in doc.items()
+        if k not in _PROFILE_SKIP
+        and not (k == "attributes" and isinstance(attrs, dict))
+        and not (k == "identifiers" and isinstance(idents, list))
+    }
+    return (out + flatten_profile(rest))[:_MAX_FACTS]
+
+
 def _changes(doc: dict[str, Any]) -> list[str]:
     raw = doc.get("recent_changes") or doc.get("changes") or []
     if not isinstance(raw, list):
@@ -309,7 +338,7 @@ class AskService:
             )
             for i, h in enumerate(h for h in hits if h.chunk_id in meta)
         ]
-        facts = flatten_profile(profile.profile) if profile is not None else []
+        facts = profile_facts(profile.profile) if profile is not None else []
         changes = _changes(profile.profile) if profile is not None else []
         prompt = build_prompt(
             question, passages, facts, changes, budget=self.cfg.prompt_tokens

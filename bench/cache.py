@@ -1,0 +1,207 @@
+"""Semantic cache: precision / hit rate over thresholds, and stale answers after source
+changes — Headwater's cache next to GPTCache 0.1.44 with the same embedder.
+
+Data: bench/_faq.py — 24 hand-written FAQ intents in lexical near-pairs, each with a
+document, a changed version of it, a canonical question and 3 paraphrases; plus 8
+out-of-scope questions.
+
+(a) Curve. Per cosine threshold: empty cache; the 24 canonical questions are asked
+    (Headwater: POST /v1/ask's service in this process, extractive generator;
+    GPTCache: ``put(question, intent)``); then the 72 paraphrases and 8 out-of-scope
+    questions are looked up. A hit is *true* when it returns the paraphrase's own
+    intent. precision = true hits / hits; hit rate = true hits / 72.
+    GPTCache's faiss L2 evaluation accepts ``4 - |a-b|^2 >= 4 t``; on unit vectors that
+    is cosine >= 2t - 1, so it runs with ``t = (1 + cosine) / 2`` — the same cut.
+(b) Staleness. Cache warmed with the canonical questions; 12 of the 24 documents then
+    change (the pipeline applies the edits); all 96 questions are asked again. An
+    answer is *stale* when it differs from the answer computed now without the cache.
+    GPTCache caches the same answer function (Headwater with cache bypass) and has no
+    way to learn of the change. stale rate = stale / questions of changed intents.
+
+GPTCache is installed by this script into bench/.venvs/gptcache (pinned below, with
+sqlalchemy and faiss-cpu pre-installed: it would otherwise pip-install them itself);
+it receives the vectors computed here, so both caches see identical embeddings.
+
+Usage: python bench/cache.py [--thresholds 0.80,0.85,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _faq import INTENTS, OUT_OF_SCOPE, documents
+from _serving import Stack, kb_stack
+from headwater.serving.ask import AskQuery
+from headwater.serving.auth import ANONYMOUS
+from headwater.serving.cache import clear
+
+VENV = Path(__file__).parent / ".venvs" / "gptcache"
+GPTCACHE_PINS = ["gptcache==0.1.44", "sqlalchemy==2.1.9", "faiss-cpu==1.15.1", "numpy==2.4.6"]
+
+_RUNNER = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import numpy as np
+    from gptcache import Cache, Config
+    from gptcache.adapter.api import get, put
+    from gptcache.manager import CacheBase, VectorBase, get_data_manager
+    from gptcache.processor.pre import get_prompt
+    from gptcache.similarity_evaluation.distance import SearchDistanceEvaluation
+
+    job = json.load(open(sys.argv[1]))
+    vec = {k: np.asarray(v, dtype="float32") for k, v in job["vectors"].items()}
+    out = []
+    for i, run in enumerate(job["runs"]):
+        d = tempfile.mkdtemp()
+        cache = Cache()
+        dm = get_data_manager(
+            CacheBase("sqlite", sql_url=f"sqlite:///{d}/c.db"),
+            VectorBase("faiss", dimension=job["dim"], index_path=f"{d}/f.index"),
+        )
+        cache.init(
+            pre_embedding_func=get_prompt,
+            embedding_func=lambda text, **kw: vec[text],
+            data_manager=dm,
+            similarity_evaluation=SearchDistanceEvaluation(),
+            config=Config(similarity_threshold=run["threshold"]),
+        )
+        for q, data in run["puts"]:
+            put(q, data, cache_obj=cache)
+        out.append([get(q, cache_obj=cache) for q in run["gets"]])
+    json.dump(out, open(sys.argv[2], "w"))
+    """
+)
+
+
+def ensure_gptcache() -> Path:
+    py = VENV / "bin" / "python"
+    marker = VENV / ".pins"
+    if not (py.exists() and marker.exists() and marker.read_text() == " ".join(GPTCACHE_PINS)):
+        print(f"installing {GPTCACHE_PINS[0]} into {VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *GPTCACHE_PINS], check=True)
+        marker.write_text(" ".join(GPTCACHE_PINS))
+    return py
+
+
+def gptcache_runs(py: Path, vectors: dict[str, list[float]], runs: list[dict[str, Any]]) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        job, res, script = Path(tmp, "job.json"), Path(tmp, "res.json"), Path(tmp, "run.py")
+        job.write_text(json.dumps({"dim": 384, "vectors": vectors, "runs": runs}))
+        script.write_text(_RUNNER)
+        subprocess.run([str(py), str(script), str(job), str(res)], check=True)
+        return json.loads(res.read_text())
+
+
+def ask(service: Any, q: str, cache: str = "use") -> dict[str, Any]:
+    return dict(service.ask(AskQuery(q, cache=cache), ANONYMOUS))  # type: ignore[arg-type]
+
+
+def curve(stack: Stack, py: Path, thresholds: list[float], vectors: dict[str, Any]) -> None:
+    paraphrases = [(p, i.key) for i in INTENTS for p in i.paraphrases]
+    gets = [q for q, _ in paraphrases] + list(OUT_OF_SCOPE)
+    truth = [k for _, k in paraphrases] + [None] * len(OUT_OF_SCOPE)
+    runs = [
+        {"threshold": (1 + t) / 2, "puts": [[i.question, i.key] for i in INTENTS], "gets": gets}
+        for t in thresholds
+    ]
+    gpt = gptcache_runs(py, vectors, runs)
+    print("\n(a) precision / hit rate over the cosine threshold (72 paraphrases, 8 out of scope)")
+    print(
+        f"  {'threshold':>9}  {'headwater prec':>14} {'hit rate':>8}   {'gptcache prec':>13} {'hit rate':>8}"
+    )
+    for t, gpt_hits in zip(thresholds, gpt, strict=True):
+        service = stack.service(threshold=t)
+        with service.pool.connection() as conn:
+            clear(conn)
+        answer_of = {ask(service, i.question)["answer"]: i.key for i in INTENTS}
+        hw_hits: list[str | None] = []
+        for q in gets:
+            r = ask(service, q)
+            hw_hits.append(answer_of.get(r["answer"], "?") if r["cache"] == "hit" else None)
+        service.close()
+        cells = []
+        for hits in (hw_hits, gpt_hits):
+            true = sum(1 for h, k in zip(hits, truth, strict=True) if h is not None and h == k)
+            n = sum(1 for h in hits if h is not None)
+            cells.append((true / n if n else 1.0, true / len(paraphrases)))
+        print(
+            f"  {t:>9.2f}  {cells[0][0]:>14.3f} {cells[0][1]:>8.3f}   "
+            f"{cells[1][0]:>13.3f} {cells[1][1]:>8.3f}"
+        )
+
+
+def staleness(stack: Stack, py: Path, threshold: float, vectors: dict[str, Any]) -> None:
+    service = stack.service(threshold=threshold)
+    with service.pool.connection() as conn:
+        clear(conn)
+    questions = [(q, i.key) for i in INTENTS for q in (i.question, *i.paraphrases)]
+    before = {i.question: ask(service, i.question)["answer"] for i in INTENTS}  # warm
+    changed = frozenset(i.key for i in INTENTS[::2])
+    stack.write(documents(changed))
+    stack.sync()
+    served = [ask(service, q) for q, _ in questions]
+    now = [ask(service, q, cache="bypass")["answer"] for q, _ in questions]
+    service.close()
+    gpt = gptcache_runs(
+        py,
+        vectors,
+        [
+            {
+                "threshold": (1 + threshold) / 2,
+                "puts": [[i.question, before[i.question]] for i in INTENTS],
+                "gets": [q for q, _ in questions],
+            }
+        ],
+    )[0]
+    on_changed = [n for n, (_, k) in enumerate(questions) if k in changed]
+    on_same = [n for n, (_, k) in enumerate(questions) if k not in changed]
+
+    def rates(answers: list[str | None], hit: list[bool]) -> tuple[float, float, float]:
+        stale = sum(1 for n in on_changed if hit[n] and answers[n] != now[n])
+        return (
+            stale / len(on_changed),
+            sum(hit[n] for n in on_changed) / len(on_changed),
+            sum(hit[n] for n in on_same) / len(on_same),
+        )
+
+    hw = rates([r["answer"] for r in served], [r["cache"] == "hit" for r in served])
+    gp = rates(gpt, [g is not None for g in gpt])
+    print(
+        f"\n(b) after 12 of 24 documents changed (cosine threshold {threshold}):"
+        f" 48 questions on changed intents, 48 on unchanged ones"
+    )
+    print(f"  {'':<10} {'stale rate':>10} {'hits (changed)':>15} {'hits (unchanged)':>17}")
+    for name, (stale, hc, hs) in (("headwater", hw), ("gptcache", gp)):
+        print(f"  {name:<10} {stale:>10.3f} {hc:>15.3f} {hs:>17.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--thresholds", default="0.80,0.85,0.88,0.90,0.92,0.93,0.94,0.96,0.98")
+    ap.add_argument("--stale-threshold", type=float, default=0.90)
+    args = ap.parse_args()
+    thresholds = [float(x) for x in args.thresholds.split(",")]
+    py = ensure_gptcache()
+    with kb_stack(documents()) as stack:
+        texts = sorted(
+            {q for i in INTENTS for q in (i.question, *i.paraphrases)} | set(OUT_OF_SCOPE)
+        )
+        vecs = stack.embedder.embed(texts)
+        vectors = {t: v.tolist() for t, v in zip(texts, vecs, strict=True)}
+        curve(stack, py, thresholds, vectors)
+        staleness(stack, py, args.stale_threshold, vectors)
+
+
+if __name__ == "__main__":
+    main()

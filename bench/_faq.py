@@ -35,8 +35,8 @@ INTENTS: tuple[Intent, ...] = (
     _i(
         "refund-card",
         "Card refunds",
-        "Refunds to the original card are paid within 14 days of the return reaching our warehouse.",
-        "Refunds to the original card are paid within 3 days of the return reaching our warehouse.",
+        "Refunds to the original card are paid within 14 days of the return reaching us.",
+        "Refunds to the original card are paid within 3 days of the return reaching us.",
         "How long does a refund to my card take?",
         "When will the money be back on my credit card after a return?",
         "How many days until a card refund arrives?",

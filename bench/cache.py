@@ -117,9 +117,8 @@ def curve(stack: Stack, py: Path, thresholds: list[float], vectors: dict[str, An
     ]
     gpt = gptcache_runs(py, vectors, runs)
     print("\n(a) precision / hit rate over the cosine threshold (72 paraphrases, 8 out of scope)")
-    print(
-        f"  {'threshold':>9}  {'headwater prec':>14} {'hit rate':>8}   {'gptcache prec':>13} {'hit rate':>8}"
-    )
+    head = f"{'headwater prec':>14} {'hit rate':>8}   {'gptcache prec':>13} {'hit rate':>8}"
+    print(f"  {'threshold':>9}  {head}")
     for t, gpt_hits in zip(thresholds, gpt, strict=True):
         service = stack.service(threshold=t)
         with service.pool.connection() as conn:
@@ -151,7 +150,6 @@ def staleness(stack: Stack, py: Path, threshold: float, vectors: dict[str, Any])
     stack.write(documents(changed))
     stack.sync()
     served = [ask(service, q) for q, _ in questions]
-    now = [ask(service, q, cache="bypass")["answer"] for q, _ in questions]
     service.close()
     gpt = gptcache_runs(
         py,
@@ -164,32 +162,49 @@ def staleness(stack: Stack, py: Path, threshold: float, vectors: dict[str, Any])
             }
         ],
     )[0]
-    on_changed = [n for n, (_, k) in enumerate(questions) if k in changed]
-    on_same = [n for n, (_, k) in enumerate(questions) if k not in changed]
+    # An answer served from the cache is stale when the question it was cached for now
+    # gets another answer; it is a wrong-intent hit when that question is another intent's.
+    entry_of = {a: q for q, a in before.items()}
+    intent_of = {i.question: i.key for i in INTENTS}
+    svc = stack.service(threshold=threshold)
+    fresh = {i.question: ask(svc, i.question, cache="bypass")["answer"] for i in INTENTS}
+    svc.close()
 
-    def rates(answers: list[str | None], hit: list[bool]) -> tuple[float, float, float]:
-        stale = sum(1 for n in on_changed if hit[n] and answers[n] != now[n])
-        return (
-            stale / len(on_changed),
-            sum(hit[n] for n in on_changed) / len(on_changed),
-            sum(hit[n] for n in on_same) / len(on_same),
-        )
+    def rates(answers: list[str | None]) -> tuple[int, int, int]:
+        hits = stale = wrong = 0
+        for (_, key), a in zip(questions, answers, strict=True):
+            if a is None:
+                continue
+            hits += 1
+            q = entry_of.get(a)
+            if q is None or fresh[q] != a:
+                stale += 1
+            if q is None or intent_of[q] != key:
+                wrong += 1
+        return hits, stale, wrong
 
-    hw = rates([r["answer"] for r in served], [r["cache"] == "hit" for r in served])
-    gp = rates(gpt, [g is not None for g in gpt])
-    print(
-        f"\n(b) after 12 of 24 documents changed (cosine threshold {threshold}):"
-        f" 48 questions on changed intents, 48 on unchanged ones"
+    hw = rates([r["answer"] if r["cache"] == "hit" else None for r in served])
+    gp = rates(gpt)
+    unchanged_hits = sum(
+        1
+        for r, (_, k) in zip(served, questions, strict=True)
+        if r["cache"] == "hit" and k not in changed
     )
-    print(f"  {'':<10} {'stale rate':>10} {'hits (changed)':>15} {'hits (unchanged)':>17}")
-    for name, (stale, hc, hs) in (("headwater", hw), ("gptcache", gp)):
-        print(f"  {name:<10} {stale:>10.3f} {hc:>15.3f} {hs:>17.3f}")
+    print(
+        f"\n(b) 12 of 24 documents changed, then 96 questions (cosine threshold {threshold});"
+        " stale: served from the cache but no longer what its question gets"
+    )
+    print(f"  {'':<10} {'hits':>5} {'stale':>6} {'stale rate':>10} {'wrong intent':>12}")
+    for name, (hits, stale, wrong) in (("headwater", hw), ("gptcache", gp)):
+        print(f"  {name:<10} {hits:>5} {stale:>6} {stale / len(questions):>10.3f} {wrong:>12}")
+    print(f"  headwater hits on unchanged intents: {unchanged_hits} of 48 (entries whose")
+    print("  retrieved passages include a changed document are invalidated too)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--thresholds", default="0.80,0.85,0.88,0.90,0.92,0.93,0.94,0.96,0.98")
-    ap.add_argument("--stale-threshold", type=float, default=0.90)
+    ap.add_argument("--thresholds", default="0.60,0.65,0.70,0.75,0.80,0.85,0.90,0.95")
+    ap.add_argument("--stale-threshold", type=float, default=0.80)
     args = ap.parse_args()
     thresholds = [float(x) for x in args.thresholds.split(",")]
     py = ensure_gptcache()

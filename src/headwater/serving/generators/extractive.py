@@ -3,9 +3,9 @@
 Deterministic: the same prompt gives the same answer. Scoring, per sentence of each
 passage: the share of the question's content words (lower-cased, stop words removed,
 light suffix stemming, weighted by rarity among the candidate sentences) that the
-sentence contains, blended with its passage's cosine relevance to the question
-(``0.6 * overlap + 0.4 * relevance``). The best sentences (up to ``max_sentences``,
-each within half the best score) are quoted in document order, each with its ``[n]``.
+sentence or its document's title contains, blended with its passage's cosine relevance
+to the question (``0.6 * overlap + 0.4 * relevance``). The best sentences (up to ``max_sentences``,
+each within 70% of the best score) are quoted in document order, each with its ``[n]``.
 A passage counts as relevant from a cosine of ``min_relevance``, or from
 ``lexical_relevance`` when the sentence also shares content words with the question;
 when no sentence shares a word with the question, the opening sentence of a passage
@@ -111,9 +111,10 @@ class ExtractiveGenerator:
     def _sentences(self, q: set[str], passages: tuple[Passage, ...]) -> list[_Candidate]:
         raw: list[tuple[Passage, int, str, set[str]]] = []
         for p in passages:
+            context = set(terms(p.title or ""))  # the title's words count, unquoted
             for i, s in enumerate(sentences(p.text)):
                 if not _INJECTION.search(s):
-                    raw.append((p, i, s, set(terms(s))))
+                    raw.append((p, i, s, set(terms(s)) | context))
         if not raw or not q:
             return []
         df = Counter(t for *_, ts in raw for t in ts & q)
@@ -136,7 +137,7 @@ class ExtractiveGenerator:
             return [_Candidate(p, i, s, 0.0, p.relevance)]
         scored.sort(key=lambda c: (-c.score, c.passage.n, c.index))
         best = scored[0].score
-        top = [c for c in scored[: self.max_sentences] if c.score >= best / 2]
+        top = [c for c in scored[: self.max_sentences] if c.score >= 0.7 * best]
         return sorted(top, key=lambda c: (c.passage.n, c.index))
 
     @staticmethod

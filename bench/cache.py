@@ -163,11 +163,15 @@ def staleness(stack: Stack, py: Path, threshold: float, vectors: dict[str, Any])
         ],
     )[0]
     # An answer served from the cache is stale when the question it was cached for now
-    # gets another answer; it is a wrong-intent hit when that question is another intent's.
+    # gets another answer; it is a wrong-intent hit when that question is another
+    # intent's. Headwater also caches the misses of this round: their entries count.
     entry_of = {a: q for q, a in before.items()}
-    intent_of = {i.question: i.key for i in INTENTS}
+    for (q, _), r in zip(questions, served, strict=True):
+        if r["cache"] == "miss":
+            entry_of.setdefault(r["answer"], q)
+    intent_of = {q: k for q, k in questions}
     svc = stack.service(threshold=threshold)
-    fresh = {i.question: ask(svc, i.question, cache="bypass")["answer"] for i in INTENTS}
+    fresh = {q: ask(svc, q, cache="bypass")["answer"] for q, _ in questions}
     svc.close()
 
     def rates(answers: list[str | None]) -> tuple[int, int, int]:

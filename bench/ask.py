@@ -56,6 +56,7 @@ def post(conn: http.client.HTTPConnection, body: dict[str, Any]) -> dict[str, An
 
 def load(port: int, clients: int, seconds: float, questions: list[str], cache: str) -> Any:
     lat: list[float] = []
+    server: list[float] = []
     states: dict[str, int] = {}
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -64,16 +65,19 @@ def load(port: int, clients: int, seconds: float, questions: list[str], cache: s
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         i = n
         mine: list[float] = []
+        inside: list[float] = []
         seen: dict[str, int] = {}
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             r = post(conn, {"question": questions[i % len(questions)], "cache": cache})
             mine.append(time.perf_counter() - t0)
+            inside.append(r["timings_ms"]["total"])
             seen[r["cache"]] = seen.get(r["cache"], 0) + 1
             i += clients
         conn.close()
         with lock:
             lat.extend(mine)
+            server.extend(inside)
             for k, v in seen.items():
                 states[k] = states.get(k, 0) + v
 
@@ -85,10 +89,12 @@ def load(port: int, clients: int, seconds: float, questions: list[str], cache: s
         th.join()
     elapsed = time.perf_counter() - t0
     lat.sort()
+    server.sort()
     return (
         len(lat) / elapsed,
         lat[len(lat) // 2] * 1000,
         lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        server[len(server) // 2],
         states,
     )
 
@@ -118,16 +124,22 @@ def main() -> None:
                         raise
                     time.sleep(0.3)
             print(f"POST /v1/ask, extractive generator, {args.seconds:.0f} s per row")
-            print(f"  {'path':<6} {'clients':>7} {'QPS':>8} {'p50 ms':>8} {'p99 ms':>8}  cache")
+            print(
+                f"  {'path':<6} {'clients':>7} {'QPS':>8} {'p50 ms':>8} {'p99 ms':>8}"
+                f" {'server p50':>10}  cache"
+            )
             p50: dict[tuple[str, int], float] = {}
             for name, questions, cache in (
                 ("miss", everything, "bypass"),
                 ("hit", canonical, "use"),
             ):
                 for n in levels:
-                    qps, m, p99, states = load(port, n, args.seconds, questions, cache)
+                    qps, m, p99, inside, states = load(port, n, args.seconds, questions, cache)
                     p50[(name, n)] = m
-                    print(f"  {name:<6} {n:>7} {qps:>8.1f} {m:>8.1f} {p99:>8.1f}  {states}")
+                    print(
+                        f"  {name:<6} {n:>7} {qps:>8.1f} {m:>8.1f} {p99:>8.1f} {inside:>10.1f}"
+                        f"  {states}"
+                    )
             for n in levels:
                 print(
                     f"  hit vs miss at {n} client(s): p50 {p50[('miss', n)] / p50[('hit', n)]:.1f}x"

@@ -40,7 +40,8 @@ from headwater.config.loader import load_settings
 from headwater.engine.runtime import Runtime, open_log
 from headwater.serving.app import create_app
 s = load_settings(sys.argv[1])
-rt = Runtime(s, s.storage.postgres.get_secret_value(), open_log(s, s.storage.postgres.get_secret_value()))
+dsn = s.storage.postgres.get_secret_value()
+rt = Runtime(s, dsn, open_log(s, dsn))
 uvicorn.run(create_app(rt), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 

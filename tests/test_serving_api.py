@@ -277,6 +277,23 @@ def test_malformed_and_oversized_requests_get_4xx_and_the_server_keeps_serving(
     assert all("question" in v and "answer" in v for v in convs)
 
 
+def test_concurrent_questions_share_model_calls_and_get_their_own_vectors(embedder: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from headwater.serving.batching import BatchingEmbedder
+
+    texts = [f"question number {i} about refunds and parcels" for i in range(24)]
+    expected = embedder.embed(texts)
+    batching = BatchingEmbedder(embedder, max_batch=8)
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda t: batching.embed([t])[0], texts))
+    for e, g in zip(expected, got, strict=True):
+        assert float(np.dot(e, g)) > 0.9999
+    assert batching.calls < len(texts)
+
+
 def _topic_values(rt: Runtime, topic: str) -> list[dict[str, Any]]:
     out = []
     for p in rt.log.partitions(topic):

@@ -6,7 +6,8 @@ Steps of :meth:`AskService.ask` (numbered; the guarantees rest on this order):
 1. ``consistency: "fresh"``: wait until the pipelines the answer depends on reflect
    every source write committed before the request (:mod:`.freshness`); after
    ``serving.freshness.timeout_s`` go on and mark the answer ``stale``.
-2. Embed the question (once; retrieval reuses the vector).
+2. Embed the question (once; retrieval reuses the vector). Concurrent requests share
+   model calls (:mod:`.batching`).
 3. Resolve the customer's profile (any id, alias or identifier → person). The cache
    scope is that ``person_id``, or ``""`` without a profile.
 4. Cache lookup in (tenant, scope, params). A hit is an entry no change has touched:
@@ -39,6 +40,7 @@ from headwater.errors import HeadwaterError
 from headwater.log.base import Conn, Record
 from headwater.serving import cache, freshness
 from headwater.serving.auth import Principal
+from headwater.serving.batching import BatchingEmbedder
 from headwater.serving.generators import Generator, build_generator
 from headwater.serving.prompt import Fact, Passage, build_prompt
 from headwater.storage.database import connect
@@ -187,7 +189,7 @@ class AskService:
     ) -> None:
         self.rt = rt
         self.cfg = rt.settings.serving
-        self._embedder = embedder
+        self._embedder = BatchingEmbedder(embedder) if embedder is not None else None
         self._lock = threading.Lock()
         self.generator = generator or build_generator(self.cfg.generator)
         self.pool = Pool(rt.dsn, pool_size)
@@ -201,7 +203,9 @@ class AskService:
             if self._embedder is None:
                 from headwater.knowledge.embedder import load_embedder
 
-                self._embedder = load_embedder(self.rt.settings.knowledge.embedder)
+                self._embedder = BatchingEmbedder(
+                    load_embedder(self.rt.settings.knowledge.embedder)
+                )
             return self._embedder
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ class Stack:
     keys: dict[str, str]
     stop: threading.Event
     worker: Worker
+    config: Path
 
     def ask(self, key: str = "app", **body: Any) -> Any:
         r = self.client.post("/v1/ask", json=body, headers=self.auth(key))
@@ -130,7 +131,7 @@ def stack(tmp_path: Path, dsn: str, embedder: Any) -> Iterator[Stack]:
         assert time.monotonic() < deadline, "knowledge base not built"
         time.sleep(0.1)
     try:
-        yield Stack(rt, folder, client, service, keys, stop, worker)
+        yield Stack(rt, folder, client, service, keys, stop, worker, cfg)
     finally:
         stop.set()
         worker.stop()
@@ -275,6 +276,21 @@ def test_malformed_and_oversized_requests_get_4xx_and_the_server_keeps_serving(
     convs = _topic_values(stack.rt, "conversations")
     assert ok["conversation_id"] in {v["conversation_id"] for v in convs}
     assert all("question" in v and "answer" in v for v in convs)
+
+
+def test_cli_ask_prints_the_answer_with_citations(stack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from headwater.cli.main import app
+
+    res = CliRunner().invoke(app, ["ask", QUESTION, "--fresh", "--config", str(stack.config)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "14 days" in lines[0] and "[1]" in lines[0]
+    assert any(ln.startswith("[1] docs:refunds.md v") and "14 days" in ln for ln in lines)
+    assert "cache miss" in res.output
+    res = CliRunner().invoke(app, ["ask", QUESTION, "--json", "--config", str(stack.config)])
+    assert res.exit_code == 0 and json.loads(res.output)["cache"] == "hit"
 
 
 def test_concurrent_questions_share_model_calls_and_get_their_own_vectors(embedder: Any) -> None:

@@ -8,6 +8,7 @@ route's scope → 403; feedback for an unknown conversation → 404.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,8 @@ from headwater.engine.runtime import Runtime
 from headwater.serving.ask import AskQuery, AskService, BadRequest
 from headwater.serving.auth import KeyRing, Principal, check_exposure, require_scope
 from headwater.serving.limits import BodyLimit
+
+log = logging.getLogger(__name__)
 
 
 class _Body(BaseModel):
@@ -77,6 +80,8 @@ def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
     state: dict[str, AskService] = {}
     if service is not None:
         state["s"] = service
+    else:  # load the model now rather than on the first question
+        threading.Thread(target=_warm, args=(lambda: svc().embedder,), daemon=True).start()
 
     def svc() -> AskService:
         with lock:
@@ -100,6 +105,13 @@ def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
         return svc().feedback(body.conversation_id.lower(), body.rating, body.comment, who)
 
     return router
+
+
+def _warm(load: Any) -> None:
+    try:
+        load()
+    except Exception as exc:  # the first request will report it
+        log.warning("serving: warm-up failed: %s", exc)
 
 
 def install(app: FastAPI, rt: Runtime, service: Any = None) -> None:

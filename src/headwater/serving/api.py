@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from headwater.engine.runtime import Runtime
 from headwater.serving.ask import AskQuery, AskService, BadRequest
 from headwater.serving.auth import KeyRing, Principal, check_exposure, require_scope
+from headwater.serving.generators import build_generator
 from headwater.serving.limits import BodyLimit
 
 log = logging.getLogger(__name__)
@@ -74,19 +75,26 @@ class FeedbackResponse(BaseModel):
 
 
 def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
-    """The routes; the :class:`AskService` (and its embedder) starts on first use."""
+    """The routes. Without ``service``, the :class:`AskService` is made at once and its
+    model loaded in the background when the config has a knowledge base, else on the
+    first question.
+
+    Raises:
+        ConfigError: the generator cannot be configured (e.g. its key is unset).
+    """
     router = APIRouter(prefix="/v1", tags=["ask"])
     lock = threading.Lock()
     state: dict[str, AskService] = {}
+    generator = build_generator(rt.settings.serving.generator) if service is None else None
     if service is not None:
         state["s"] = service
-    else:  # load the model now rather than on the first question
+    elif any(p.processor == "knowledge" for p in rt.settings.all_pipelines()):
         threading.Thread(target=_warm, args=(lambda: svc().embedder,), daemon=True).start()
 
     def svc() -> AskService:
         with lock:
             if "s" not in state:
-                state["s"] = AskService(rt)
+                state["s"] = AskService(rt, generator=generator)
             return state["s"]
 
     @router.post("/ask", response_model=AskResponse, response_model_exclude_none=True)

@@ -87,11 +87,11 @@ def test_up_serves_health_metrics_and_stops_gracefully(tmp_path: Path, dsn: str)
 
         tp = json.loads(_cli("topics", "--config", str(cfg), "--json").stdout)["topics"]
         assert {t["name"]: t["records"] for t in tp} == {
-                "events": 201,
-                "copy.dlq": 1,
-                "conversations": 0,  # the API's topics
-                "feedback": 0,
-            }
+            "events": 201,
+            "copy.dlq": 1,
+            "conversations": 0,  # the API's topics
+            "feedback": 0,
+        }
 
         tail = _cli("tail", "copy.dlq", "--config", str(cfg))
         (line,) = tail.stdout.splitlines()

@@ -172,14 +172,18 @@ class _SourceProbe:
         return int(position_key(f"{pos.file}:{pos.pos}") or 0)
 
     def durable(self) -> int:
+        """How far the log holds the source (0 while its first snapshot runs: the
+        slot's or binlog's position then says nothing of the rows still to copy)."""
         if self.src.kind == "postgres":
             from headwater.sources.postgres.source import slot_name
 
             row = self.state.execute(
-                "SELECT position FROM headwater.source_state WHERE source = %s",
+                "SELECT snapshot_done, position FROM headwater.source_state WHERE source = %s",
                 (self.src.name,),
             ).fetchone()
-            stored = position_key(row[0]) if row and row[0] else 0
+            if row is None or not row[0]:
+                return 0
+            stored = position_key(row[1]) if row[1] else 0
             slot = (
                 self._connection()
                 .execute(
@@ -192,11 +196,13 @@ class _SourceProbe:
             confirmed = position_key(slot[0]) if slot and slot[0] else 0
             return max(int(stored or 0), int(confirmed or 0))
         row = self.state.execute(
-            "SELECT binlog_file || ':' || binlog_pos FROM headwater.mysql_source_state"
-            " WHERE source = %s",
+            "SELECT snapshot_done, binlog_file || ':' || binlog_pos"
+            " FROM headwater.mysql_source_state WHERE source = %s",
             (self.src.name,),
         ).fetchone()
-        return int(position_key(row[0]) or 0) if row and row[0] else 0
+        if row is None or not row[0] or not row[1]:
+            return 0
+        return int(position_key(row[1]) or 0)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -94,7 +94,9 @@ log = logging.getLogger(__name__)
 
 Guarantee = Literal["exactly-once", "at-least-once"]
 _LINGER_S = 0.002
-_FEEDBACK_S = 5.0
+# Idle feedback reports the position keepalives moved the slot to (past WAL of other
+# tables and databases); a read-your-writes wait after such WAL lasts up to this long.
+_FEEDBACK_S = 0.5
 
 
 def _ident(name: str) -> str:

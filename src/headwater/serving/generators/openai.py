@@ -162,15 +162,14 @@ class OpenAIChat:
         return self._client
 
     def _stream_once(self, prompt: Prompt) -> Iterator[str]:
+        client = self._http()  # MissingDependency with the pip line when httpx is absent
         import httpx
 
         self.attempts += 1
         deadline = time.monotonic() + self.timeout_s
         try:
             payload = self._payload(prompt, stream=True)
-            with self._http().stream(
-                "POST", self._url(), headers=self._headers(), json=payload
-            ) as r:
+            with client.stream("POST", self._url(), headers=self._headers(), json=payload) as r:
                 if r.status_code >= 400:
                     r.read()
                 self._check(r)
@@ -195,6 +194,7 @@ class OpenAIChat:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
 
     def _retrying(self, fn: Any) -> str:
+        self._http()  # MissingDependency with the pip line when httpx is absent
         import httpx
 
         for attempt in range(self.max_retries + 1):

@@ -20,16 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from headwater.knowledge.embedder import default_embedder
+from headwater.knowledge.processor import KnowledgeProcessor
+from headwater.sources.files.source import FileSource
 
 from headwater.config.loader import load_settings
 from headwater.engine.runtime import Runtime, bootstrap
 from headwater.engine.worker import Worker, WorkerOptions
-from headwater.knowledge.embedder import default_embedder
-from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.serving.app import create_app
 from headwater.serving.ask import AskService
 from headwater.serving.auth import new_key
-from headwater.sources.files.source import FileSource
 
 from .conftest import query
 
@@ -276,6 +276,27 @@ def test_malformed_and_oversized_requests_get_4xx_and_the_server_keeps_serving(
     convs = _topic_values(stack.rt, "conversations")
     assert ok["conversation_id"] in {v["conversation_id"] for v in convs}
     assert all("question" in v and "answer" in v for v in convs)
+
+
+def test_openai_compatible_generator_end_to_end(stack: Stack, embedder: Any) -> None:
+    from headwater.serving.ask import AskQuery
+    from headwater.serving.auth import ANONYMOUS
+    from headwater.serving.generators.openai import OpenAIChat
+
+    from .fake_openai import FakeOpenAIScript, fake_openai
+
+    script = FakeOpenAIScript(reply="Refunds are paid within 14 days [1].", fail_next=[503])
+    with fake_openai(script) as url:
+        chat = OpenAIChat(base_url=url, model="fake-1", api_key=None, backoff_initial_s=0.01)
+        service = AskService(stack.rt, embedder=embedder, generator=chat)
+        try:
+            res = service.ask(AskQuery(QUESTION, cache="bypass"), ANONYMOUS)
+        finally:
+            service.close()
+    assert res["answer"] == script.reply and chat.attempts == 2
+    assert [c["doc_id"].endswith("refunds.md") for c in res["citations"]] == [True]
+    user = script.requests[-1]["messages"][1]["content"]
+    assert user.count("<document ") >= 2 and user.endswith(f"Question: {QUESTION}")
 
 
 def test_cli_ask_prints_the_answer_with_citations(stack: Stack) -> None:

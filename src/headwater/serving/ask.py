@@ -13,8 +13,9 @@ Steps of :meth:`AskService.ask` (numbered; the guarantees rest on this order):
 4. Cache lookup in (tenant, scope, params). A hit is an entry no change has touched:
    the triggers of migration 0030 delete entries in the changing transaction.
 5. Retrieve in one REPEATABLE READ snapshot: profile, hybrid search, each chunk's
-   cosine to the question and its document version.
-6. Build the prompt within the token budget; generate.
+   cosine to the question and its document version; build the prompt within the
+   token budget.
+6. Generate, holding no database connection (a remote model may take seconds).
 7. Cache the answer with what it used (not when nothing relevant was found), unless
    something it used changed meanwhile (:func:`.cache.store`).
 8. Append the conversation to the ``conversations`` topic (and register its id, so
@@ -42,7 +43,7 @@ from headwater.serving import cache, freshness
 from headwater.serving.auth import Principal
 from headwater.serving.batching import BatchingEmbedder
 from headwater.serving.generators import Generator, build_generator
-from headwater.serving.prompt import Fact, Passage, build_prompt
+from headwater.serving.prompt import Fact, Passage, Prompt, build_prompt
 from headwater.storage.database import connect
 
 CONVERSATIONS = "conversations"
@@ -235,8 +236,8 @@ class AskService:
 
         t = t0
         stale: bool | None = None
-        with self.pool.connection() as conn:
-            if q.consistency == "fresh":  # 1
+        if q.consistency == "fresh":  # 1
+            with self.pool.connection() as conn:
                 fr = freshness.wait_fresh(
                     self.rt.settings,
                     conn,
@@ -245,16 +246,17 @@ class AskService:
                     timeout_s=self.cfg.freshness.timeout_s,
                     poll_s=self.cfg.freshness.poll_ms / 1000,
                 )
-                stale = not fr.caught_up
-                t = lap("freshness", t)
-            emb = self.embedder  # 2
-            vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
-            t = lap("embed", t)
+            stale = not fr.caught_up
+            t = lap("freshness", t)
+        emb = self.embedder  # 2
+        vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
+        t = lap("embed", t)
+        params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
+        use_cache = self.cfg.cache.enabled and q.cache == "use"
+        hit = None
+        with self.pool.connection() as conn:
             profile = self._profile(conn, q.customer_id)  # 3
             scope = profile.person_id if profile is not None else ""
-            params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
-            use_cache = self.cfg.cache.enabled and q.cache == "use"
-            hit = None
             if use_cache:  # 4
                 hit = cache.lookup(
                     conn,
@@ -265,35 +267,39 @@ class AskService:
                     threshold=self.cfg.cache.threshold,
                 )
                 t = lap("cache", t)
-            if hit is not None:
-                body = dict(hit.response)
-                cache_state = "hit"
-            else:
-                body, uses, profile_used = self._answer(conn, question, vec, k, q.customer_id)
-                t = lap("retrieve_generate", t)
-                cache_state = "miss" if use_cache else "bypass"
-                if use_cache and (uses or profile_used is not None):  # 7
-                    cache.store(
-                        conn,
-                        tenant=who.tenant,
-                        scope=scope,
-                        params=params,
-                        question=question,
-                        embedding=vec,
-                        response=body,
-                        uses=uses,
-                        person_id=profile_used.person_id if profile_used else None,
-                        profile_version=profile_used.version if profile_used else None,
-                        ttl_s=self.cfg.cache.ttl_s,
-                    )
-                    t = lap("cache_store", t)
+            if hit is None:
+                prompt, profile = self._retrieve(conn, question, vec, k, q.customer_id)  # 5
+                t = lap("retrieve", t)
+        if hit is not None:
+            body = dict(hit.response)
+            cache_state = "hit"
+        else:  # 6: no connection held while a (remote) model writes
+            body, uses, found = self._generate(prompt)
+            t = lap("generate", t)
+            cache_state = "miss" if use_cache else "bypass"
+        with self.pool.connection() as conn:
+            if hit is None and use_cache and found:  # 7
+                scope = profile.person_id if profile is not None else ""
+                cache.store(
+                    conn,
+                    tenant=who.tenant,
+                    scope=scope,
+                    params=params,
+                    question=question,
+                    embedding=vec,
+                    response=body,
+                    uses=uses,
+                    person_id=profile.person_id if profile is not None else None,
+                    profile_version=profile.version if profile is not None else None,
+                    ttl_s=self.cfg.cache.ttl_s,
+                )
+                t = lap("cache_store", t)
             progresses = freshness.progress(conn, self.rt.log, self.pipelines)
-            conversation_id = str(uuid.uuid4())
             out: dict[str, Any] = {
                 **body,
                 "as_of": freshness.as_of(progresses),
                 "cache": cache_state,
-                "conversation_id": conversation_id,
+                "conversation_id": str(uuid.uuid4()),
             }
             if stale is not None:
                 out["stale"] = stale
@@ -310,12 +316,13 @@ class AskService:
 
         return get_profile(conn, ref)
 
-    def _answer(
+    def _retrieve(
         self, conn: Conn, question: str, vec: np.ndarray, k: int, customer: str | None
-    ) -> tuple[dict[str, Any], list[cache.Use], Any]:
+    ) -> tuple[Prompt, Any]:
+        """Step 5: profile, passages and their versions in one snapshot; the prompt."""
         from headwater.knowledge.search import search
 
-        with conn.transaction():  # 5: one snapshot for profile, passages and versions
+        with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             profile = self._profile(conn, customer)
             hits = search(conn, _OneVector(self.embedder, question, vec), question, k=k)
@@ -344,9 +351,13 @@ class AskService:
         ]
         facts = profile_facts(profile.profile) if profile is not None else []
         changes = _changes(profile.profile) if profile is not None else []
-        prompt = build_prompt(
-            question, passages, facts, changes, budget=self.cfg.prompt_tokens
-        )  # 6
+        prompt = build_prompt(question, passages, facts, changes, budget=self.cfg.prompt_tokens)
+        return prompt, profile
+
+    def _generate(self, prompt: Prompt) -> tuple[dict[str, Any], list[cache.Use], bool]:
+        """Step 6: the answer, what it used (every passage it was given: any of them
+        could have changed it), and whether it found something (else: not cached, as a
+        new document may answer it)."""
         gen = self.generator.generate(prompt)
         by_n = {p.n: p for p in prompt.passages}
         citations = [
@@ -364,11 +375,8 @@ class AskService:
             f.field: f.value for f in prompt.facts if gen.facts is None or f.field in gen.facts
         }
         body = {"answer": gen.text, "citations": citations, "profile_fields": used_facts}
-        if not gen.found:  # nothing relevant: not cached (a new document may answer it)
-            return body, [], None
         uses = [cache.Use(p.chunk_id, p.version, p.doc_id, p.doc_version) for p in prompt.passages]
-        # The profile shaped the answer (which facts to quote, or none): record it.
-        return body, uses, profile
+        return body, uses, gen.found
 
     def _log_conversation(
         self,

@@ -234,3 +234,21 @@ def test_openai_client_does_not_retry_a_bad_request_and_times_out() -> None:
         with pytest.raises(GeneratorError, match="Timeout"):
             slow.generate(Prompt("q", ()))
         assert slow.attempts == 2 and time.monotonic() - t0 < 1.5
+
+
+def test_up_refuses_an_open_api_on_a_public_address(tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = Path(str(tmp_path)) / "headwater.toml"
+    cfg.write_text('[project]\ndata_dir = "state"\n[server]\nhost = "0.0.0.0"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "headwater", "up", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "no API key is configured" in r.stderr and "headwater key" in r.stderr
+    assert not (cfg.parent / "state").exists()  # refused before starting anything

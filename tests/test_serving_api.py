@@ -199,6 +199,13 @@ def test_invalidation_happens_in_the_changing_transaction(stack: Stack) -> None:
             " FROM headwater_kb.chunks WHERE doc_id LIKE '%%refunds.md' LIMIT 1"
         )
     assert _entries(stack.rt.dsn) == 0
+    # TTL backstop: an expired entry is not served (and is purged by later stores)
+    assert stack.ask(question=QUESTION, k=1)["cache"] == "miss"
+    assert stack.ask(question=QUESTION, k=1)["cache"] == "hit"
+    with psycopg.connect(stack.rt.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE headwater_serving.cache_entries SET expires_at = now()")
+    assert stack.ask(question=QUESTION, k=1)["cache"] == "miss"
+    assert _entries(stack.rt.dsn) == 1
 
 
 def test_fresh_read_times_out_as_stale_when_the_pipeline_is_stopped(stack: Stack) -> None:

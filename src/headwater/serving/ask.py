@@ -32,9 +32,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from headwater.engine.runtime import Runtime
 from headwater.errors import HeadwaterError
@@ -45,6 +43,9 @@ from headwater.serving.batching import BatchingEmbedder
 from headwater.serving.generators import Generator, build_generator
 from headwater.serving.prompt import Fact, Passage, Prompt, build_prompt
 from headwater.storage.database import connect
+
+if TYPE_CHECKING:  # numpy is imported where used: the server starts without it
+    import numpy as np
 
 CONVERSATIONS = "conversations"
 FEEDBACK = "feedback"
@@ -248,6 +249,8 @@ class AskService:
                 )
             stale = not fr.caught_up
             t = lap("freshness", t)
+        import numpy as np
+
         emb = self.embedder  # 2
         vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
         t = lap("embed", t)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: the server starts without it
+    import numpy as np
 
 
 class _Pending:
@@ -47,6 +48,8 @@ class BatchingEmbedder:
         """Inner calls made (fewer than requests under load)."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         if len(texts) != 1:
             return np.asarray(self.inner.embed(texts), dtype=np.float32)
         me = _Pending(texts[0])
@@ -71,6 +74,8 @@ class BatchingEmbedder:
         with self._lock:
             batch = self._pending[: self.max_batch]
             del self._pending[: len(batch)]
+        import numpy as np
+
         try:
             vecs = np.asarray(self.inner.embed([p.text for p in batch]), dtype=np.float32)
             self.calls += 1

@@ -26,13 +26,15 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import psycopg
 import psycopg.errors
 
 from headwater.log.base import Conn
+
+if TYPE_CHECKING:  # numpy is imported where used: the server starts without it
+    import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -88,14 +88,15 @@ def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
     generator = build_generator(rt.settings.serving.generator) if service is None else None
     if service is not None:
         state["s"] = service
-    elif any(p.processor == "knowledge" for p in rt.settings.all_pipelines()):
-        threading.Thread(target=_warm, args=(lambda: svc().embedder,), daemon=True).start()
 
     def svc() -> AskService:
         with lock:
             if "s" not in state:
                 state["s"] = AskService(rt, generator=generator)
             return state["s"]
+
+    if service is None and any(p.processor == "knowledge" for p in rt.settings.all_pipelines()):
+        threading.Thread(target=_warm, args=(lambda: svc().embedder,), daemon=True).start()
 
     @router.post("/ask", response_model=AskResponse, response_model_exclude_none=True)
     def ask(

@@ -14,8 +14,9 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
 from headwater.config.model import Settings
 from headwater.config.serving import SCOPES, AuthConfig, Scope
@@ -141,3 +142,8 @@ def require_scope(scope: Scope) -> Callable[[Request], Principal]:
         return ring.authorize(request.headers.get("authorization"), scope)
 
     return dependency
+
+
+def scoped(scope: Scope) -> list[Any]:
+    """``dependencies=`` for ``include_router``: every route of the router needs ``scope``."""
+    return [Depends(require_scope(scope))]

@@ -3,7 +3,8 @@ API keys (:mod:`.auth`), the body size limit (:mod:`.limits`), 4xx with a messag
 
 Errors: malformed JSON or fields → 422 with FastAPI's per-field detail; a body over
 ``serving.max_body_bytes`` → 413; no or an unknown key → 401; a key without the
-route's scope → 403; feedback for an unknown conversation → 404.
+route's scope → 403; feedback for an unknown conversation → 404; a database, source
+or model that cannot answer → 503 with the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from headwater.engine.runtime import Runtime
+from headwater.errors import HeadwaterError
 from headwater.serving.ask import AskQuery, AskService, BadRequest
 from headwater.serving.auth import KeyRing, Principal, check_exposure, require_scope
 from headwater.serving.generators import build_generator
@@ -138,5 +140,11 @@ def install(app: FastAPI, rt: Runtime, service: Any = None) -> None:
     @app.exception_handler(BadRequest)
     def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(HeadwaterError)
+    def unavailable(request: Request, exc: HeadwaterError) -> JSONResponse:
+        """A store, source or model that cannot answer now (messages hold no secrets)."""
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     app.include_router(ask_router(rt, service))

@@ -157,8 +157,16 @@ class _SourceProbe:
 
                 from headwater.sources.mysql.settings import MySQLSettings
 
-                kw = MySQLSettings.from_dsn(self.src.dsn.get_secret_value()).pymysql_kwargs()
-                self._conn = pymysql.connect(autocommit=True, **kw)
+                from headwater.errors import SourceError
+
+                settings = MySQLSettings.from_dsn(self.src.dsn.get_secret_value())
+                try:
+                    self._conn = pymysql.connect(autocommit=True, **settings.pymysql_kwargs())
+                except pymysql.err.MySQLError as exc:
+                    raise SourceError(
+                        f"sources.{self.src.name}: cannot read the current position at"
+                        f" {settings.describe()}: {exc.args[-1] if exc.args else exc}"
+                    ) from None
         return self._conn
 
     def current(self) -> int:

@@ -155,9 +155,8 @@ class _SourceProbe:
             else:
                 import pymysql  # type: ignore[import-untyped]
 
-                from headwater.sources.mysql.settings import MySQLSettings
-
                 from headwater.errors import SourceError
+                from headwater.sources.mysql.settings import MySQLSettings
 
                 settings = MySQLSettings.from_dsn(self.src.dsn.get_secret_value())
                 try:

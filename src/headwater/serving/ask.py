@@ -171,11 +171,18 @@ def profile_facts(doc: dict[str, Any]) -> list[Fact]:
     return (out + flatten_profile(rest))[:_MAX_FACTS]
 
 
-def _changes(doc: dict[str, Any]) -> list[str]:
-    raw = doc.get("recent_changes") or doc.get("changes") or []
-    if not isinstance(raw, list):
-        return []
-    return [json.dumps(c, default=str) if not isinstance(c, str) else c for c in raw[:10]]
+def _changes(profile: Any, updated_at: Any) -> list[str]:
+    """The profile's recent changes for the prompt: its own list when it has one, else
+    when it last changed (version, time) and the source position each source reached."""
+    raw = profile.profile.get("recent_changes") or profile.profile.get("changes")
+    if isinstance(raw, list) and raw:
+        return [c if isinstance(c, str) else json.dumps(c, default=str) for c in raw[:10]]
+    out = []
+    if updated_at is not None:
+        out.append(f"profile version {profile.version}, last changed {updated_at.isoformat()}")
+    for source, position in sorted((profile.as_of or {}).items())[:10]:
+        out.append(f"{source}: applied up to {json.dumps(position, default=str)}")
+    return out
 
 
 class AskService:
@@ -328,6 +335,13 @@ class AskService:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             profile = self._profile(conn, customer)
+            updated_at = None
+            if profile is not None:
+                row = conn.execute(
+                    "SELECT updated_at FROM headwater_profiles.profiles WHERE person_id = %s",
+                    (profile.person_id,),
+                ).fetchone()
+                updated_at = row[0] if row else None
             hits = search(conn, _OneVector(self.embedder, question, vec), question, k=k)
             meta: dict[str, tuple[int, float, int]] = {}
             if hits:
@@ -353,7 +367,7 @@ class AskService:
             for i, h in enumerate(h for h in hits if h.chunk_id in meta)
         ]
         facts = profile_facts(profile.profile) if profile is not None else []
-        changes = _changes(profile.profile) if profile is not None else []
+        changes = _changes(profile, updated_at) if profile is not None else []
         prompt = build_prompt(question, passages, facts, changes, budget=self.cfg.prompt_tokens)
         return prompt, profile
 

@@ -301,9 +301,42 @@ def test_openai_compatible_generator_end_to_end(stack: Stack, embedder: Any) -> 
         finally:
             service.close()
     assert res["answer"] == script.reply and chat.attempts == 2
+    with fake_openai(script) as url:
+        chat = OpenAIChat(base_url=url, model="fake-1", api_key=None)
+        service = AskService(stack.rt, embedder=embedder, generator=chat)
+        try:
+            events = list(service.ask_stream(AskQuery(QUESTION), ANONYMOUS))
+        finally:
+            service.close()
+    deltas = [d["text"] for name, d in events if name == "delta"]
+    assert len(deltas) > 3 and "".join(deltas) == script.reply
+    assert events[-1][0] == "answer" and events[-1][1]["citations"][0]["doc_id"].endswith(
+        "refunds.md"
+    )
     assert [c["doc_id"].endswith("refunds.md") for c in res["citations"]] == [True]
     user = script.requests[-1]["messages"][1]["content"]
     assert user.count("<document ") >= 2 and user.endswith(f"Question: {QUESTION}")
+
+
+def test_streamed_answer_is_server_sent_events(stack: Stack) -> None:
+    def events(body: dict[str, Any]) -> list[tuple[str, Any]]:
+        r = stack.client.post("/v1/ask", json=body, headers=stack.auth("app"))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        out = []
+        for block in r.text.strip().split("\n\n"):
+            name, data = block.split("\n", 1)
+            out.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+        return out
+
+    first = events({"question": QUESTION, "stream": True})
+    assert [n for n, _ in first] == ["delta", "answer"]
+    assert first[1][1]["answer"] == first[0][1]["text"] and first[1][1]["cache"] == "miss"
+    again = events({"question": QUESTION, "stream": True})
+    assert again[1][1]["cache"] == "hit" and again[1][1]["answer"] == first[1][1]["answer"]
+    r = stack.client.post(
+        "/v1/ask", json={"question": "x", "k": 99, "stream": True}, headers=stack.auth("app")
+    )
+    assert r.status_code == 422  # refused before the stream starts
 
 
 def test_cli_ask_prints_the_answer_with_citations(stack: Stack) -> None:

@@ -9,12 +9,14 @@ or model that cannot answer → 503 with the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from headwater.engine.runtime import Runtime
@@ -39,6 +41,9 @@ class AskRequest(_Body):
     consistency: Literal["latest", "fresh"] = "latest"
     """``fresh``: wait until the stores reflect every write committed before the call."""
     cache: Literal["use", "bypass"] = "use"
+    stream: bool = False
+    """Server-sent events: ``delta`` events with pieces of the answer as the generator
+    writes them, then one ``answer`` event with the whole response."""
 
 
 class Citation(BaseModel):
@@ -101,12 +106,16 @@ def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
         threading.Thread(target=_warm, args=(lambda: svc().embedder,), daemon=True).start()
 
     @router.post("/ask", response_model=AskResponse, response_model_exclude_none=True)
-    def ask(
-        body: AskRequest, who: Annotated[Principal, Depends(require_scope("ask"))]
-    ) -> dict[str, Any]:
+    def ask(body: AskRequest, who: Annotated[Principal, Depends(require_scope("ask"))]) -> Any:
         """Answer a question from the knowledge base and the customer's profile, with
-        citations, the watermarks it was computed at, and whether the cache served it."""
-        return svc().ask(AskQuery(**body.model_dump()), who)
+        citations, the watermarks it was computed at, and whether the cache served it.
+        With ``stream: true``: ``text/event-stream`` of ``delta`` events, then ``answer``."""
+        query = AskQuery(**body.model_dump(exclude={"stream"}))
+        if not body.stream:
+            return svc().ask(query, who)
+        events = svc().ask_stream(query, who)
+        first = next(events)  # checks and retrieval happen here: errors are still 4xx/503
+        return StreamingResponse(_sse(first, events), media_type="text/event-stream")
 
     @router.post("/feedback", response_model=FeedbackResponse)
     def feedback(
@@ -116,6 +125,18 @@ def ask_router(rt: Runtime, service: Any = None) -> APIRouter:
         return svc().feedback(body.conversation_id.lower(), body.rating, body.comment, who)
 
     return router
+
+
+def _sse(
+    first: tuple[str, dict[str, Any]], rest: Iterator[tuple[str, dict[str, Any]]]
+) -> Iterator[str]:
+    yield f"event: {first[0]}\ndata: {json.dumps(first[1])}\n\n"
+    try:
+        for name, data in rest:
+            yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+    except HeadwaterError as exc:  # the model failed mid-answer: say so in the stream
+        log.warning("POST /v1/ask (stream): %s", exc)
+        yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
 
 
 def _warm(load: Any) -> None:

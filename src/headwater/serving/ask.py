@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from headwater.engine.runtime import Runtime
@@ -40,7 +40,7 @@ from headwater.log.base import Conn, Record
 from headwater.serving import cache, freshness
 from headwater.serving.auth import Principal
 from headwater.serving.batching import BatchingEmbedder
-from headwater.serving.generators import Generator, build_generator
+from headwater.serving.generators import Generation, Generator, build_generator
 from headwater.serving.prompt import Fact, Passage, Prompt, build_prompt
 from headwater.storage.database import connect
 
@@ -185,6 +185,31 @@ def _changes(profile: Any, updated_at: Any) -> list[str]:
     return out
 
 
+@dataclass
+class _Turn:
+    """One question on its way through :class:`AskService`."""
+
+    q: AskQuery
+    who: Principal
+    question: str
+    t0: float = field(default_factory=time.perf_counter)
+    t: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    stale: bool | None = None
+    vec: Any = None
+    params: str = ""
+    use_cache: bool = False
+    scope: str = ""
+    hit: cache.Hit | None = None
+    prompt: Prompt | None = None
+    profile: Any = None
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round((now - (self.t or self.t0)) * 1000, 2)
+        self.t = now
+
+
 class AskService:
     """What ``POST /v1/ask`` and ``headwater ask`` run. Thread-safe."""
 
@@ -228,22 +253,43 @@ class AskService:
         Raises:
             BadRequest: ``k`` above ``serving.max_k``, or an empty question.
         """
+        turn = self._prepare(q, who)
+        if turn.hit is not None:
+            return self._finish(turn, dict(turn.hit.response), [], False)
+        assert turn.prompt is not None
+        gen = self.generator.generate(turn.prompt)
+        turn.lap("generate")
+        return self._finish(turn, *self._body(turn.prompt, gen))
+
+    def ask_stream(self, q: AskQuery, who: Principal) -> Iterator[tuple[str, dict[str, Any]]]:
+        """As :meth:`ask`, as events: ``("delta", {"text"})`` while the answer is
+        written, then ``("answer", response)``. The checks (BadRequest) and steps 1-5
+        run at the first ``next()``."""
+        turn = self._prepare(q, who)
+        if turn.hit is not None:
+            yield "delta", {"text": turn.hit.response["answer"]}
+            yield "answer", self._finish(turn, dict(turn.hit.response), [], False)
+            return
+        assert turn.prompt is not None
+        pieces: list[str] = []
+        for piece in self.generator.stream(turn.prompt):
+            pieces.append(piece)
+            yield "delta", {"text": piece}
+        gen = self.generator.generation(turn.prompt, "".join(pieces))
+        turn.lap("generate")
+        yield "answer", self._finish(turn, *self._body(turn.prompt, gen))
+
+    def _prepare(self, q: AskQuery, who: Principal) -> _Turn:
+        """Steps 1-5: checks, freshness, embedding, profile, cache lookup, retrieval."""
+        import numpy as np
+
         question = " ".join(q.question.split())
         if not question:
             raise BadRequest("question is empty")
         k = q.k or self.cfg.k
         if k > self.cfg.max_k:
             raise BadRequest(f"k = {k} is above the limit {self.cfg.max_k} (serving.max_k)")
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-
-        def lap(name: str, since: float) -> float:
-            now = time.perf_counter()
-            timings[name] = round((now - since) * 1000, 2)
-            return now
-
-        t = t0
-        stale: bool | None = None
+        turn = _Turn(q, who, question)
         if q.consistency == "fresh":  # 1
             with self.pool.connection() as conn:
                 fr = freshness.wait_fresh(
@@ -254,69 +300,69 @@ class AskService:
                     timeout_s=self.cfg.freshness.timeout_s,
                     poll_s=self.cfg.freshness.poll_ms / 1000,
                 )
-            stale = not fr.caught_up
-            t = lap("freshness", t)
-        import numpy as np
-
+            turn.stale = not fr.caught_up
+            turn.lap("freshness")
         emb = self.embedder  # 2
-        vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
-        t = lap("embed", t)
-        params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
-        use_cache = self.cfg.cache.enabled and q.cache == "use"
-        hit = None
+        turn.vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
+        turn.lap("embed")
+        turn.params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
+        turn.use_cache = self.cfg.cache.enabled and q.cache == "use"
         with self.pool.connection() as conn:
             profile = self._profile(conn, q.customer_id)  # 3
-            scope = profile.person_id if profile is not None else ""
-            if use_cache:  # 4
-                hit = cache.lookup(
+            turn.scope = profile.person_id if profile is not None else ""
+            if turn.use_cache:  # 4
+                turn.hit = cache.lookup(
                     conn,
                     tenant=who.tenant,
-                    scope=scope,
-                    params=params,
-                    embedding=vec,
+                    scope=turn.scope,
+                    params=turn.params,
+                    embedding=turn.vec,
                     threshold=self.cfg.cache.threshold,
                 )
-                t = lap("cache", t)
-            if hit is None:
-                prompt, profile = self._retrieve(conn, question, vec, k, q.customer_id)  # 5
-                t = lap("retrieve", t)
-        if hit is not None:
-            body = dict(hit.response)
-            cache_state = "hit"
-        else:  # 6: no connection held while a (remote) model writes
-            body, uses, found = self._generate(prompt)
-            t = lap("generate", t)
-            cache_state = "miss" if use_cache else "bypass"
+                turn.lap("cache")
+            if turn.hit is None:  # 5
+                turn.prompt, turn.profile = self._retrieve(
+                    conn, question, turn.vec, k, q.customer_id
+                )
+                turn.lap("retrieve")
+        return turn
+
+    def _finish(
+        self, turn: _Turn, body: dict[str, Any], uses: list[cache.Use], found: bool
+    ) -> dict[str, Any]:
+        """Steps 7-8: cache the answer (a found one), report, log the conversation."""
+        state = "hit" if turn.hit is not None else "miss" if turn.use_cache else "bypass"
         with self.pool.connection() as conn:
-            if hit is None and use_cache and found:  # 7
-                scope = profile.person_id if profile is not None else ""
+            if turn.hit is None and turn.use_cache and found:  # 7
+                profile = turn.profile
+                turn.scope = profile.person_id if profile is not None else ""
                 cache.store(
                     conn,
-                    tenant=who.tenant,
-                    scope=scope,
-                    params=params,
-                    question=question,
-                    embedding=vec,
+                    tenant=turn.who.tenant,
+                    scope=turn.scope,
+                    params=turn.params,
+                    question=turn.question,
+                    embedding=turn.vec,
                     response=body,
                     uses=uses,
                     person_id=profile.person_id if profile is not None else None,
                     profile_version=profile.version if profile is not None else None,
                     ttl_s=self.cfg.cache.ttl_s,
                 )
-                t = lap("cache_store", t)
+                turn.lap("cache_store")
             progresses = freshness.progress(conn, self.rt.log, self.pipelines)
             out: dict[str, Any] = {
                 **body,
                 "as_of": freshness.as_of(progresses),
-                "cache": cache_state,
+                "cache": state,
                 "conversation_id": str(uuid.uuid4()),
             }
-            if stale is not None:
-                out["stale"] = stale
-            self._log_conversation(conn, out, question, q, who, scope)  # 8
-            lap("log", t)
-        timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
-        out["timings_ms"] = timings
+            if turn.stale is not None:
+                out["stale"] = turn.stale
+            self._log_conversation(conn, out, turn.question, turn.q, turn.who, turn.scope)  # 8
+            turn.lap("log")
+        turn.timings["total"] = round((time.perf_counter() - turn.t0) * 1000, 2)
+        out["timings_ms"] = turn.timings
         return out
 
     def _profile(self, conn: Conn, ref: str | None) -> Any:
@@ -371,11 +417,11 @@ class AskService:
         prompt = build_prompt(question, passages, facts, changes, budget=self.cfg.prompt_tokens)
         return prompt, profile
 
-    def _generate(self, prompt: Prompt) -> tuple[dict[str, Any], list[cache.Use], bool]:
-        """Step 6: the answer, what it used (every passage it was given: any of them
-        could have changed it), and whether it found something (else: not cached, as a
-        new document may answer it)."""
-        gen = self.generator.generate(prompt)
+    @staticmethod
+    def _body(prompt: Prompt, gen: Generation) -> tuple[dict[str, Any], list[cache.Use], bool]:
+        """Step 6's result: the answer, what it used (every passage it was given: any of
+        them could have changed it), and whether it found something (else it is not
+        cached: a new document may answer it)."""
         by_n = {p.n: p for p in prompt.passages}
         citations = [
             {

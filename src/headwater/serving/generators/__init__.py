@@ -41,6 +41,10 @@ class Generator(Protocol):
         """The answer's text in pieces as it is produced."""
         ...
 
+    def generation(self, prompt: Prompt, text: str) -> Generation:
+        """The :class:`Generation` of a streamed ``text`` (its citations, facts)."""
+        ...
+
 
 _CITE = re.compile(r"\[(\d{1,3})\]")
 

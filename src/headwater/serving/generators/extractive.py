@@ -108,6 +108,9 @@ class ExtractiveGenerator:
     def stream(self, prompt: Prompt) -> Iterator[str]:
         yield self.generate(prompt).text
 
+    def generation(self, prompt: Prompt, text: str) -> Generation:
+        return self.generate(prompt)  # deterministic: the text streamed
+
     def _sentences(self, q: set[str], passages: tuple[Passage, ...]) -> list[_Candidate]:
         raw: list[tuple[Passage, int, str, set[str]]] = []
         for p in passages:

@@ -93,7 +93,9 @@ class OpenAIChat:
     # -- public ---------------------------------------------------------------------
 
     def generate(self, prompt: Prompt) -> Generation:
-        text = "".join(self.stream(prompt))
+        return self.generation(prompt, "".join(self.stream(prompt)))
+
+    def generation(self, prompt: Prompt, text: str) -> Generation:
         valid = {p.n for p in prompt.passages}
         return Generation(text, cited_numbers(text, valid), None, found=bool(text.strip()))
 

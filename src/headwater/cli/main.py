@@ -170,7 +170,7 @@ def status(
                 x.name,
                 x.kind,
                 ", ".join(x.tables),
-                "-" if x.snapshot_done is None else ("done" if x.snapshot_done else "running"),
+                x.snapshot_text(),
                 x.position or "-",
                 x.error or ("-" if x.lag_bytes is None else f"{x.lag_bytes} B"),
             )

@@ -118,7 +118,7 @@ def default_model(cfg: ProfilesConfig) -> FSModel:
         k = len(c.levels)
         ms.append((0.0, 0.85, *([0.1 / max(k, 1)] * k), 0.05))
         us.append((0.0, 0.01, *([0.02 / max(k, 1)] * k), 0.97))
-    return FSModel(comps, tuple(ms), tuple(us), 1e-4)
+    return FSModel(comps, tuple(ms), tuple(us), 1e-3)
 
 
 # -- comparing --------------------------------------------------------------------------

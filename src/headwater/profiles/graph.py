@@ -117,8 +117,7 @@ def apply(
     gone = [c.record_id for c in records if c.attributes is None]
     live = [c for c in records if c.attributes is not None]
     _delete_records(conn, gone + [c.record_id for c in live])
-    _upsert_records(conn, cfg, topic, live, prior)
-    _link(conn, cfg, model, [c.record_id for c in live])
+    _link(conn, cfg, model, _upsert_records(conn, cfg, topic, live, prior))
 
     touched: set[str] = set()
     carried: dict[str, list[dict[str, Any]]] = {}
@@ -135,13 +134,16 @@ def apply(
 
 
 def _delete_records(conn: Conn, ids: list[str]) -> None:
+    """Remove records with their identifiers, blocking keys and links (one statement)."""
     if not ids:
         return
-    conn.execute(f"DELETE FROM {S}.identifiers WHERE record_id = ANY(%s)", (ids,))
-    conn.execute(f"DELETE FROM {S}.blocks WHERE record_id = ANY(%s)", (ids,))
-    conn.execute(f"DELETE FROM {S}.links WHERE a = ANY(%s) OR b = ANY(%s)", (ids, ids))
-    # Records themselves: deleted ones go; upserted ones are overwritten (keeping person_id).
-    conn.execute(f"DELETE FROM {S}.records WHERE record_id = ANY(%s)", (ids,))
+    conn.execute(
+        f"WITH i AS (DELETE FROM {S}.identifiers WHERE record_id = ANY(%(ids)s)),"
+        f" b AS (DELETE FROM {S}.blocks WHERE record_id = ANY(%(ids)s)),"
+        f" l AS (DELETE FROM {S}.links WHERE a = ANY(%(ids)s) OR b = ANY(%(ids)s))"
+        f" DELETE FROM {S}.records WHERE record_id = ANY(%(ids)s)",
+        {"ids": ids},
+    )
 
 
 def _upsert_records(
@@ -150,61 +152,62 @@ def _upsert_records(
     topic: str,
     live: Sequence[RecordChange],
     prior: Mapping[str, str | None],
-) -> None:
+) -> dict[str, MatchRecord]:
+    """Insert the changed records (keeping their person) with identifiers and blocking
+    keys, in one statement; returns them as the matcher sees them."""
     if not live:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO {S}.records (record_id, tbl, topic, trust, attributes, position,"
-            " position_key, ts_ms, person_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    c.record_id,
-                    c.table,
-                    topic,
-                    c.trust,
-                    Jsonb(dict(c.attributes or {})),
-                    c.position,
-                    _pkey(c.position),
-                    c.ts_ms,
-                    prior.get(c.record_id),
-                )
-                for c in live
-            ],
-        )
-        idents = [(k, v, c.record_id) for c in live for k, v in sorted(c.identifiers)]
-        if idents:
-            cur.executemany(
-                f"INSERT INTO {S}.identifiers (kind, value, record_id) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                idents,
-            )
-        blocks = [
-            (k, c.record_id)
-            for c in live
-            for k in blocking_keys(cfg, MatchRecord.of(c.record_id, (), c.attributes or {}))
-        ]
-        if blocks:
-            cur.executemany(
-                f"INSERT INTO {S}.blocks (key, record_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                blocks,
-            )
+        return {}
+    recs = {c.record_id: MatchRecord.of(c.record_id, (), c.attributes or {}) for c in live}
+    idents = [(k, v, c.record_id) for c in live for k, v in sorted(c.identifiers)]
+    blocks = [(k, rid) for rid, m in recs.items() for k in blocking_keys(cfg, m)]
+    conn.execute(
+        f"WITH r AS (INSERT INTO {S}.records (record_id, tbl, topic, trust, attributes,"
+        " position, position_key, ts_ms, person_id) SELECT * FROM unnest(%s::text[],"
+        " %s::text[], %s::text[], %s::int[], %s::jsonb[], %s::text[], %s::numeric[],"
+        " %s::int8[], %s::text[])),"
+        f" i AS (INSERT INTO {S}.identifiers (kind, value, record_id)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING)"
+        f" INSERT INTO {S}.blocks (key, record_id) SELECT * FROM unnest(%s::text[], %s::text[])"
+        " ON CONFLICT DO NOTHING",
+        (
+            [c.record_id for c in live],
+            [c.table for c in live],
+            [topic] * len(live),
+            [c.trust for c in live],
+            [Jsonb(dict(c.attributes or {})) for c in live],
+            [c.position for c in live],
+            [_pkey(c.position) for c in live],
+            [c.ts_ms for c in live],
+            [prior.get(c.record_id) for c in live],
+            [i[0] for i in idents],
+            [i[1] for i in idents],
+            [i[2] for i in idents],
+            [b[0] for b in blocks],
+            [b[1] for b in blocks],
+        ),
+    )
+    return recs
 
 
-def _link(conn: Conn, cfg: ProfilesConfig, model: FSModel, ids: list[str]) -> None:
+def _link(
+    conn: Conn, cfg: ProfilesConfig, model: FSModel, changed: Mapping[str, MatchRecord]
+) -> None:
     """Score every changed record against the records sharing one of its blocking keys."""
-    if not ids or not cfg.blocking:
+    if not changed or not cfg.blocking:
         return
-    pairs = conn.execute(
-        f"SELECT DISTINCT k.record_id, o.record_id FROM {S}.blocks k"
+    rows = conn.execute(
+        f"SELECT DISTINCT k.record_id, o.record_id, r.attributes FROM {S}.blocks k"
         f" JOIN {S}.blocks o ON o.key = k.key AND o.record_id <> k.record_id"
+        f" JOIN {S}.records r ON r.record_id = o.record_id"
         " WHERE k.record_id = ANY(%s)",
-        (ids,),
+        (list(changed),),
     ).fetchall()
-    todo = {(min(a, b), max(a, b)) for a, b in pairs}
-    if not todo:
-        return
-    recs = load_records(conn, sorted({x for p in todo for x in p}))
+    recs = dict(changed)
+    todo: set[tuple[str, str]] = set()
+    for a, b, attrs in rows:
+        if b not in recs:
+            recs[b] = MatchRecord.of(b, (), attrs)
+        todo.add((min(a, b), max(a, b)))
     links = []
     for a, b in sorted(todo):
         p, ev = score(model, recs[a], recs[b])
@@ -271,24 +274,21 @@ def _recompute(
         f"SELECT record_id FROM {S}.records WHERE person_id = ANY(%s)", (list(prior_persons),)
     ).fetchall()
     nodes, edges = _reach(conn, [*changed, *(m for (m,) in members)])
-    before = dict(
-        conn.execute(
-            f"SELECT record_id, person_id FROM {S}.records WHERE record_id = ANY(%s)",
-            (list(nodes),),
-        ).fetchall()
-    )
+    before: dict[str, str | None] = {}
+    seqs: dict[str, int] = {}
+    for rid, pid, seq in conn.execute(
+        f"SELECT r.record_id, r.person_id, p.seq FROM {S}.records r"
+        f" LEFT JOIN {S}.persons p USING (person_id) WHERE r.record_id = ANY(%s)",
+        (list(nodes),),
+    ).fetchall():
+        before[rid] = pid
+        if pid is not None:
+            seqs[pid] = seq
     involved = prior_persons | {p for p in before.values() if p is not None}
-    seqs = dict(
-        conn.execute(
-            f"SELECT person_id, seq FROM {S}.persons WHERE person_id = ANY(%s)", (list(involved),)
-        ).fetchall()
-    )
     claimed: dict[str, list[str]] = {}
     for comp in _components(nodes, edges):
-        olds = sorted(
-            {before[r] for r in comp if before.get(r) is not None and before[r] not in claimed},
-            key=lambda p: seqs.get(p, 0),
-        )
+        held = {before.get(r) for r in comp}
+        olds = sorted((p for p in held if p is not None and p not in claimed), key=seqs.__getitem__)
         if olds:
             pid = olds[0]
         else:
@@ -376,19 +376,19 @@ def _rebuild_profiles(
 ) -> None:
     pids = sorted(persons)
     rows = conn.execute(
-        f"SELECT person_id, record_id, trust, ts_ms, attributes FROM {S}.records"
+        f"SELECT person_id, record_id, trust, ts_ms, attributes, ARRAY(SELECT kind || chr(31)"
+        f" || value FROM {S}.identifiers i WHERE i.record_id = r.record_id) FROM {S}.records r"
         " WHERE person_id = ANY(%s)",
         (pids,),
     ).fetchall()
     member: dict[str, str] = {r[1]: r[0] for r in rows}
     idents: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for kind, value, rid in conn.execute(
-        f"SELECT kind, value, record_id FROM {S}.identifiers WHERE record_id = ANY(%s)",
-        (list(member),),
-    ).fetchall():
-        idents[rid].add((kind, value))
+    for r in rows:
+        for kv in r[5]:
+            kind, _, value = kv.partition(chr(31))
+            idents[r[1]].add((kind, value))
     recs: dict[str, list[SourceRecord]] = defaultdict(list)
-    for pid, rid, trust, ts, attrs in rows:
+    for pid, rid, trust, ts, attrs, _ in rows:
         recs[pid].append(SourceRecord(rid, trust, ts, attrs, frozenset(idents[rid])))
     ident_owner = {i: member[rid] for rid, s in idents.items() for i in s}
     facts: dict[str, list[Fact]] = defaultdict(list)
@@ -401,16 +401,15 @@ def _rebuild_profiles(
         pid = member.get(lrec) if lrec is not None else ident_owner.get((kind, value))
         if pid is not None:
             facts[pid].append(Fact(fid, name, date, float(amount) if amount is not None else None))
-    aliases: dict[str, list[str]] = defaultdict(list)
-    for alias, pid in conn.execute(
-        f"SELECT alias, person_id FROM {S}.aliases WHERE person_id = ANY(%s)", (pids,)
+    aliases: dict[str, list[str]] = {}
+    old_as_of: dict[str, Any] = {}
+    for pid, as_of_doc, alias_ids in conn.execute(
+        f"SELECT x.pid, p.as_of, ARRAY(SELECT alias FROM {S}.aliases a WHERE a.person_id = x.pid)"
+        f" FROM unnest(%s::text[]) AS x(pid) LEFT JOIN {S}.profiles p ON p.person_id = x.pid",
+        (pids,),
     ).fetchall():
-        aliases[pid].append(alias)
-    old_as_of = dict(
-        conn.execute(
-            f"SELECT person_id, as_of FROM {S}.profiles WHERE person_id = ANY(%s)", (pids,)
-        ).fetchall()
-    )
+        aliases[pid] = alias_ids
+        old_as_of[pid] = as_of_doc
     out = []
     for pid in pids:
         if pid not in recs:

@@ -43,14 +43,19 @@ log = logging.getLogger(__name__)
 GRAPH_LOCK = 0x6877_7072_6F66  # "hwprof": serialises every identity-graph update
 
 
-def load_model(conn: Conn, cfg: ProfilesConfig) -> FSModel:
+def load_model(conn: Conn, cfg: ProfilesConfig, *, lock: bool = False) -> FSModel:
     """The stored Fellegi-Sunter parameters, or the defaults when none (or stale ones,
-    for other comparisons than configured) are stored."""
-    row = conn.execute("SELECT params FROM headwater_profiles.model").fetchone()
+    for other comparisons than configured) are stored. ``lock``: take
+    :data:`GRAPH_LOCK` first (same round trip)."""
+    row = conn.execute(
+        "SELECT " + ("pg_advisory_xact_lock(%s), " if lock else "%s, ") + "(SELECT params"
+        " FROM headwater_profiles.model)",
+        (GRAPH_LOCK,),
+    ).fetchone()
     default = default_model(cfg)
-    if row is None:
+    if row is None or row[1] is None:
         return default
-    model = FSModel.from_json(row[0])
+    model = FSModel.from_json(row[1])
     if [n for n, _ in model.comparisons] != [n for n, _ in default.comparisons]:
         log.warning("stored profiles model compares other attributes; using defaults")
         return default
@@ -86,7 +91,7 @@ class ProfilesProcessor(Processor):
             raise ProcessingError(f"no [profiles] table is captured on topic {topic!r}")
 
     def process(self, conn: Conn, records: Sequence[LogRecord]) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (GRAPH_LOCK,))
+        model = load_model(conn, self.cfg, lock=True)
         changes: dict[str, graph.RecordChange] = {}
         facts: dict[str, graph.FactChange] = {}
         best: tuple[int, str] | None = None
@@ -108,7 +113,6 @@ class ProfilesProcessor(Processor):
             for f in self.facts:
                 fc = self._fact_change(f, r, ev, pos)
                 facts[fc.fact_id] = fc
-        model = load_model(conn, self.cfg)
         if truncated:
             for t in self.tables:
                 rows = conn.execute(

@@ -658,3 +658,46 @@ def test_random_interleavings_and_sigkill_equal_batch_recompute(src: str, dsn: s
     finally:
         log.close()
         src_log.close()
+
+
+def test_http_and_cli_lookups(dsn: str, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from headwater.engine.runtime import Runtime
+    from headwater.serving.app import create_app
+
+    cfg = config()
+    row = {
+        "id": 5,
+        "first_name": "Ola",
+        "last_name": "Berg",
+        "dob": "1990-09-09",
+        "email": "ola@berg.no",
+        "phone": "+47 912 34 567",
+    }
+    feed(dsn, cfg, "customers", envelope("customers", "c", row))
+    settings = Settings.model_validate({"storage": {"postgres": dsn}})
+    log = PostgresLog(dsn)
+    client = TestClient(create_app(Runtime(settings, dsn, log)))
+    by_ident = client.get("/v1/profiles", params={"identifier": "OLA@berg.no"})
+    assert by_ident.status_code == 200
+    body = by_ident.json()
+    assert body["profile"]["records"] == ["travel:customers:5"]
+    assert body["as_of"]["travel.public.customers"].startswith("0/")
+    assert client.get(f"/v1/profiles/{body['person_id']}").json() == body
+    assert client.get("/v1/profiles/p999999").status_code == 404
+    assert client.get("/v1/profiles", params={"identifier": ""}).status_code == 422
+    log.close()
+    path = tmp_path / "headwater.toml"
+    path.write_text(f'[storage]\npostgres = "{dsn}"\n')
+    cli = [sys.executable, "-m", "headwater", "profiles", "get", "-c", str(path)]
+    ok = subprocess.run([*cli, "+4791234567", "--json"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["person_id"] == body["person_id"]
+    table = subprocess.run([*cli, body["person_id"]], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "Berg" in table.stdout
+    missing = subprocess.run([*cli, "nobody@x.io"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no profile" in missing.stderr

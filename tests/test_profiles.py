@@ -701,3 +701,43 @@ def test_http_and_cli_lookups(dsn: str, tmp_path: Any) -> None:
     assert table.returncode == 0 and "Berg" in table.stdout
     missing = subprocess.run([*cli, "nobody@x.io"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no profile" in missing.stderr
+
+
+def test_train_estimates_and_rescores_keeping_persons(dsn: str) -> None:
+    from headwater.profiles.processor import load_model
+    from headwater.profiles.train import train
+
+    cfg = config()
+    rows = [
+        {
+            "id": i,
+            "first_name": f,
+            "last_name": last,
+            "dob": f"19{60 + i % 30}-01-0{i % 9 + 1}",
+            "email": f"c{i}@x.io",
+        }
+        for i, (f, last) in enumerate(
+            (f, last) for f in ("ann", "bob", "cy", "di") for last in ("lee", "kim", "ng", "wu")
+        )
+    ]
+    feed(dsn, cfg, "customers", *(envelope("customers", "c", r) for r in rows))
+    feed(
+        dsn,
+        cfg,
+        "members",
+        *(envelope("members", "c", {**r, "first_name": r["first_name"] + "e"}) for r in rows[:8]),
+    )
+    before = graph_partition(dsn)
+    with psycopg.connect(dsn) as conn:
+        model, persons = train(conn, cfg)
+        assert load_model(conn, cfg) == model != default_model(cfg)
+    assert persons == len(before) == 16
+    assert graph_partition(dsn) == before  # same persons, same ids
+
+
+def graph_partition(dsn: str) -> set[tuple[str, frozenset[str]]]:
+    rows = query(
+        dsn,
+        "SELECT person_id, array_agg(record_id) FROM headwater_profiles.records GROUP BY person_id",
+    )
+    return {(p, frozenset(r)) for p, r in rows}

@@ -53,3 +53,23 @@ def get(
     t.add_row("records", ", ".join(p.profile["records"]), "")
     t.add_row("as of", ", ".join(f"{k}@{v}" for k, v in p.as_of.items()), "")
     out.print(t)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to headwater.toml.")] = (
+        DEFAULT_CONFIG
+    ),
+) -> None:
+    """Estimate m/u from the graph's records (EM), store them and re-score all links."""
+    from headwater.errors import ConfigError
+    from headwater.profiles.train import train as run_train
+    from headwater.storage.database import connect, resolve_dsn
+
+    settings = load_settings(config)
+    if settings.profiles is None:
+        raise ConfigError(f"{config}: no [profiles] section; add one to map tables to persons")
+    cfg = settings.profiles_pipelines()[0].profiles
+    with connect(resolve_dsn(settings, start=False)) as conn:
+        model, persons = run_train(conn, cfg)
+    out.print(f"trained on the graph: prior {model.prior:.2e}; {persons} persons rebuilt")

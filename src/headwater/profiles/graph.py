@@ -130,6 +130,22 @@ def apply(
     return touched
 
 
+def rescore(
+    conn: Conn, cfg: ProfilesConfig, model: FSModel, recs: Mapping[str, MatchRecord]
+) -> int:
+    """Re-score every link of ``recs`` (all records) with ``model`` and recompute all
+    components and profiles; returns the number of persons."""
+    conn.execute(f"DELETE FROM {S}.links")
+    _link(conn, cfg, model, recs)
+    persons = {
+        p for (p,) in conn.execute(f"SELECT DISTINCT person_id FROM {S}.records").fetchall() if p
+    }
+    touched, carried = _recompute(conn, list(recs), persons)
+    if touched:
+        _rebuild_profiles(conn, cfg, touched, carried, {})
+    return len(touched)
+
+
 # -- steps --------------------------------------------------------------------------------
 
 

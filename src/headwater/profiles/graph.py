@@ -90,13 +90,6 @@ def merge_as_of(*docs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_records(conn: Conn, ids: Sequence[str]) -> dict[str, MatchRecord]:
-    rows = conn.execute(
-        f"SELECT record_id, attributes FROM {S}.records WHERE record_id = ANY(%s)", (list(ids),)
-    ).fetchall()
-    return {rid: MatchRecord.of(rid, (), attrs) for rid, attrs in rows}
-
-
 def apply(
     conn: Conn,
     cfg: ProfilesConfig,
@@ -178,9 +171,9 @@ def _upsert_records(
     blocks = [(k, rid) for rid, m in recs.items() for k in blocking_keys(cfg, m)]
     conn.execute(
         f"WITH r AS (INSERT INTO {S}.records (record_id, tbl, topic, trust, attributes,"
-        " position, position_key, ts_ms, person_id) SELECT * FROM unnest(%s::text[],"
-        " %s::text[], %s::text[], %s::int[], %s::jsonb[], %s::text[], %s::numeric[],"
-        " %s::int8[], %s::text[])),"
+        " match, position, position_key, ts_ms, person_id) SELECT * FROM unnest(%s::text[],"
+        " %s::text[], %s::text[], %s::int[], %s::jsonb[], %s::jsonb[], %s::text[],"
+        " %s::numeric[], %s::int8[], %s::text[])),"
         f" i AS (INSERT INTO {S}.identifiers (kind, value, record_id)"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING)"
         f" INSERT INTO {S}.blocks (key, record_id) SELECT * FROM unnest(%s::text[], %s::text[])"
@@ -191,6 +184,7 @@ def _upsert_records(
             [topic] * len(live),
             [c.trust for c in live],
             [Jsonb(dict(c.attributes or {})) for c in live],
+            [Jsonb(dict(recs[c.record_id].attributes)) for c in live],
             [c.position for c in live],
             [_pkey(c.position) for c in live],
             [c.ts_ms for c in live],
@@ -212,18 +206,18 @@ def _link(
     if not changed or not cfg.blocking:
         return
     rows = conn.execute(
-        f"SELECT DISTINCT k.record_id, o.record_id, r.attributes FROM {S}.blocks k"
-        f" JOIN {S}.blocks o ON o.key = k.key AND o.record_id <> k.record_id"
-        f" JOIN {S}.records r ON r.record_id = o.record_id"
-        " WHERE k.record_id = ANY(%s)",
+        f"SELECT o.record_id, array_agg(DISTINCT k.record_id),"
+        f" (SELECT match FROM {S}.records r WHERE r.record_id = o.record_id)"
+        f" FROM {S}.blocks k JOIN {S}.blocks o ON o.key = k.key AND o.record_id <> k.record_id"
+        " WHERE k.record_id = ANY(%s) GROUP BY o.record_id",
         (list(changed),),
     ).fetchall()
     recs = dict(changed)
     todo: set[tuple[str, str]] = set()
-    for a, b, attrs in rows:
+    for b, mine, match in rows:
         if b not in recs:
-            recs[b] = MatchRecord.of(b, (), attrs)
-        todo.add((min(a, b), max(a, b)))
+            recs[b] = MatchRecord(b, frozenset(), match)
+        todo.update((min(a, b), max(a, b)) for a in mine)
     links = []
     for a, b in sorted(todo):
         p, ev = score(model, recs[a], recs[b])

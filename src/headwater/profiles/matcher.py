@@ -22,6 +22,7 @@ parameters only, which is what lets the incremental graph and a batch recompute 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -72,7 +73,7 @@ class FSModel:
     u: tuple[tuple[float, ...], ...]
     prior: float
 
-    @property
+    @functools.cached_property
     def weights(self) -> list[list[float]]:
         """log2(m/u) per comparison and level (0 for the null level)."""
         return [

@@ -9,6 +9,7 @@ CREATE TABLE headwater_profiles.records (
     topic text NOT NULL,
     trust int NOT NULL,
     attributes jsonb NOT NULL,
+    match jsonb NOT NULL,  -- the attributes normalized for matching
     position text,
     position_key numeric,
     ts_ms bigint,

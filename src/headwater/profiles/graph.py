@@ -21,11 +21,17 @@ log offsets):
 
 Callers serialise calls (:mod:`headwater.profiles.processor` takes an advisory lock),
 so a person spanning several topics is never updated by two batches at once.
+
+Limits: every pair sharing a blocking key is scored, so work per change grows with
+block sizes (choose selective rules); an identifier shared by many people (a family
+email, a travel agent's phone) merges them all; a truncate removes the table's records
+whose position is older than the truncate's (rows re-inserted in the same transaction
+before the truncate are not told apart); the stored model scores new links only —
+``headwater profiles train`` re-scores all.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -437,7 +443,3 @@ def _rebuild_profiles(
                 " updated_at = now()",
                 out,
             )
-
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, default=str)

@@ -23,7 +23,6 @@ parameters only, which is what lets the incremental graph and a batch recompute 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 from collections import defaultdict
@@ -98,9 +97,6 @@ class FSModel:
             tuple(tuple(x) for x in data["u"]),
             float(data["prior"]),
         )
-
-    def fingerprint(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)
 
 
 def comparisons(cfg: ProfilesConfig) -> tuple[tuple[str, Comparison], ...]:

@@ -85,6 +85,7 @@ def test_up_captures_a_postgres_source_into_the_log(
         )
         (src,) = json.loads(st.stdout)["sources"]
         assert src["name"] == "crm-eu" and src["snapshot_done"] is True
+        assert src["snapshot_rows"] == 2
         assert src["position"] and src["lag_bytes"] is not None and src["error"] is None
         (upd,) = [e for e in events if e["op"] == "u"]
         assert upd["after"] == {"id": 1, "name": "Ada L."}

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from headwater import __version__
+from headwater.cli import profiles as profiles_cli
 from headwater.config.loader import DEFAULT_CONFIG, load_settings
 from headwater.config.model import Settings
 from headwater.errors import ConfigError, HeadwaterError
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+app.add_typer(profiles_cli.app, name="profiles")
 
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="Path to headwater.toml.", show_default=True)
@@ -174,7 +176,7 @@ def status(
                 x.name,
                 x.kind,
                 ", ".join(x.tables),
-                "-" if x.snapshot_done is None else ("done" if x.snapshot_done else "running"),
+                x.snapshot_text(),
                 x.position or "-",
                 x.error or ("-" if x.lag_bytes is None else f"{x.lag_bytes} B"),
             )

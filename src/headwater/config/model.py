@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from headwater.config.profiles import FactTable, MappedTable, ProfilesConfig, ProfilesPipeline
 from headwater.config.serving import ServingConfig
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
@@ -132,7 +133,9 @@ SERVING_TOPICS = tuple(
 )
 """Topics the API appends to (every answer, every rating); created at bootstrap."""
 
-PipelineConfig = Annotated[TableSinkPipeline | ReplicaPipeline, Field(discriminator="processor")]
+PipelineConfig = Annotated[
+    TableSinkPipeline | ReplicaPipeline | ProfilesPipeline, Field(discriminator="processor")
+]
 
 
 class _SourceBase(_Model):
@@ -199,6 +202,10 @@ class MySQLSourceConfig(_SourceBase):
 SourceConfig = Annotated[PostgresSourceConfig | MySQLSourceConfig, Field(discriminator="kind")]
 
 
+def _profiles_tables(cfg: ProfilesConfig) -> list[MappedTable | FactTable]:
+    return [*cfg.tables, *cfg.facts]
+
+
 class Settings(_Model):
     """The whole of headwater.toml. ``config_path`` is set by the loader."""
 
@@ -210,6 +217,7 @@ class Settings(_Model):
     topics: tuple[TopicConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
     serving: ServingConfig = ServingConfig()
+    profiles: ProfilesConfig | None = None
     config_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -235,6 +243,13 @@ class Settings(_Model):
                     " their replicas would collide: set replicate = false and add replica"
                     " pipelines by hand"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _profiles_topics(self) -> Settings:
+        if self.profiles is not None:
+            for t in _profiles_tables(self.profiles):
+                self._profiles_topic(t)
         return self
 
     def all_topics(self) -> tuple[TopicConfig, ...]:
@@ -274,7 +289,57 @@ class Settings(_Model):
                         table=table,
                     )
                 )
-        return (*self.pipelines, *derived)
+        return (*self.pipelines, *derived, *self.profiles_pipelines())
+
+    def profiles_pipelines(self) -> tuple[ProfilesPipeline, ...]:
+        """One ``profiles`` pipeline per distinct topic of ``[profiles]`` tables."""
+        if self.profiles is None:
+            return ()
+        cfg = self.profiles
+        cfg = cfg.model_copy(
+            update={
+                "tables": tuple(
+                    t.model_copy(
+                        update={"topic": t.topic or self.topic_of_table(t.source, t.table)}
+                    )
+                    for t in cfg.tables
+                ),
+                "facts": tuple(
+                    f.model_copy(
+                        update={"topic": f.topic or self.topic_of_table(f.source, f.table)}
+                    )
+                    for f in cfg.facts
+                ),
+            }
+        )
+        topics = dict.fromkeys(self._profiles_topic(t) for t in _profiles_tables(cfg))
+        return tuple(
+            ProfilesPipeline(
+                processor="profiles",
+                name=re.sub(r"[^a-z0-9_.-]", "_", f"profiles-{topic}".lower())[:63],
+                input=topic,
+                profiles=cfg,
+            )
+            for topic in topics
+        )
+
+    def _profiles_topic(self, t: MappedTable | FactTable) -> str:
+        return t.topic or self.topic_of_table(t.source, t.table)
+
+    def topic_of_table(self, source: str, table: str) -> str:
+        """The CDC topic of ``table`` (``schema.table`` or ``table``) of ``source``.
+
+        Raises:
+            ValueError: no such source or captured table.
+        """
+        for src in self.sources:
+            if src.name != source:
+                continue
+            for schema, name in src.table_refs():
+                if table in (name, f"{schema}.{name}"):
+                    return src.topic_of(schema, name)
+            raise ValueError(f"source {source!r} does not capture table {table!r}")
+        raise ValueError(f"no source named {source!r}; set topic = ... or add the source")
 
     @property
     def data_dir(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from headwater.config.model import PipelineConfig, ReplicaPipeline, TableSinkPipeline
+from headwater.config.profiles import ProfilesPipeline
 from headwater.engine.processor import Processor
 
 
@@ -26,9 +27,17 @@ def _replica(cfg: PipelineConfig) -> Processor:
     return ReplicaSink(cfg.schema_, cfg.table)
 
 
+def _profiles(cfg: PipelineConfig) -> Processor:
+    from headwater.profiles.processor import ProfilesProcessor
+
+    assert isinstance(cfg, ProfilesPipeline)
+    return ProfilesProcessor(cfg.profiles, cfg.input)
+
+
 BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {
     "table": _table,
     "replica": _replica,
+    "profiles": _profiles,
 }
 
 

@@ -107,6 +107,21 @@ class SourceStatus:
     lag_bytes: int | None
     """PostgreSQL: WAL the replication slot holds back (unconfirmed); None if unknown."""
     error: str | None = None
+    snapshot_rows: int = 0
+    """Rows the initial snapshot has read so far (all tables)."""
+    snapshot_estimate: int | None = None
+    """The captured tables' estimated row count (PostgreSQL statistics); None: unknown."""
+
+    def snapshot_text(self) -> str:
+        """``done``, ``running 24% (120,000 rows)``, ``running (120,000 rows)`` or ``-``."""
+        if self.snapshot_done is None:
+            return "-"
+        if self.snapshot_done:
+            return "done"
+        pct = ""
+        if self.snapshot_estimate:
+            pct = f"{min(0.99, self.snapshot_rows / self.snapshot_estimate):.0%} "
+        return f"running {pct}({self.snapshot_rows:,} rows)"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,17 +134,21 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
         for s in rt.settings.sources:
             done: bool | None = None
             pos: str | None = None
+            rows, estimate = 0, None
             lag: int | None = None
             error: str | None = None
             if s.kind == "postgres":
                 from headwater.sources.postgres.source import slot_lag_bytes, slot_name
 
                 row = conn.execute(
-                    "SELECT snapshot_done, position FROM headwater.source_state WHERE source = %s",
+                    "SELECT snapshot_done, position, snapshot_progress"
+                    " FROM headwater.source_state WHERE source = %s",
                     (s.name,),
                 ).fetchone()
                 if row:
-                    done, pos = row
+                    done, pos, prog = row
+                    rows = sum(int(t.get("rows", 0)) for t in prog.values())
+                    estimate = sum(int(t.get("estimate", 0)) for t in prog.values()) or None
                 try:
                     with connect(
                         s.dsn.get_secret_value(), autocommit=True, connect_timeout=3
@@ -145,5 +164,13 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
                 ).fetchone()
                 if row:
                     done, pos = row
-            out.append(SourceStatus(s.name, s.kind, list(s.tables), done, pos, lag, error))
+                    got = conn.execute(
+                        "SELECT coalesce(sum(rows_read), 0)::int8"
+                        " FROM headwater.mysql_snapshot_progress WHERE source = %s",
+                        (s.name,),
+                    ).fetchone()
+                    rows = int(got[0]) if got else 0
+            out.append(
+                SourceStatus(s.name, s.kind, list(s.tables), done, pos, lag, error, rows, estimate)
+            )
     return out

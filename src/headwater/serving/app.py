@@ -11,6 +11,7 @@ from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.api import install as install_ask
 from headwater.serving.metrics import PipelineCollector
+from headwater.serving.profiles import router as profiles_router
 from headwater.storage.database import connect
 
 
@@ -35,4 +36,5 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(profiles_router(rt))
     return app

@@ -53,6 +53,18 @@ def open_consistent_snapshot(conn: Any) -> BinlogPosition:
         return position
 
 
+def estimated_rows(conn: Any, db: str, table: str) -> int | None:
+    """The row count the server estimates for ``db.table`` (None: unknown)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (db, table),
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def primary_key(conn: Any, db: str, table: str) -> list[str]:
     """The primary-key columns of ``db.table`` in key order.
 

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from headwater.errors import SourceError
 from headwater.log.base import Conn, Log, Record, TopicSpec
+from headwater.sources.progress import SnapshotProgress
 
 from . import checks, snapshot, state
 from .envelope import SourceInfo, change_record, topic_name
@@ -210,7 +211,8 @@ class MySQLSource:
                 if progress is not None and progress.done:
                     continue
                 last = progress.last_key if progress is not None else None
-                self._snapshot_table(my, pg, table, keys[table], last, view)
+                before = progress.rows_read if progress is not None else 0
+                self._snapshot_table(my, pg, table, keys[table], last, view, before)
             with pg.transaction():
                 state.finish_snapshot(pg, self.name)
             my.query("COMMIT")
@@ -225,10 +227,13 @@ class MySQLSource:
         pk: list[str],
         last: list[Any] | None,
         view: BinlogPosition,
+        rows_before: int = 0,
     ) -> None:
         db, tbl = table.split(".", 1)
         topic = self._topic(table)
-        total = 0
+        progress = SnapshotProgress(
+            self.name, table, snapshot.estimated_rows(my, db, tbl), rows_before
+        )
         stored = last  # JSON-safe, as kept in PostgreSQL
         while True:
             rows = snapshot.read_chunk(my, db, tbl, pk, last, self.snapshot_chunk)
@@ -243,9 +248,9 @@ class MySQLSource:
                 if records:
                     self._append(topic, records, pg)
                 state.save_progress(pg, self.name, table, stored, len(rows), finished)
-            total += len(rows)
+            progress.advance(len(rows))
             if finished:
-                log.info("mysql source %s: snapshot of %s done, %d rows", self.name, table, total)
+                progress.finish()
                 return
 
     # -- streaming ----------------------------------------------------------------------

@@ -87,6 +87,7 @@ from headwater.sources.postgres.pgoutput import (
     parse_lsn,
 )
 from headwater.sources.postgres.values import SESSION_OPTIONS, ValueDecoder
+from headwater.sources.progress import SnapshotProgress
 from headwater.sources.state import SourceState, delete_state, load_state, save_state
 from headwater.storage.database import mask_dsn
 
@@ -347,6 +348,12 @@ class PostgresSource:
         )
         if prog["done"]:
             return
+        if "estimate" not in prog:
+            row = src.execute(
+                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = %s", (info.relid,)
+            ).fetchone()
+            prog["estimate"] = int(row[0]) if row else 0
+        progress = SnapshotProgress(self.name, info.qualified, prog["estimate"], prog["rows"])
         key_index = tuple(info.columns.index(k) for k in info.key)
         shape = env.make_shape(
             info.relid,
@@ -407,7 +414,9 @@ class PostgresSource:
             prog["done"] = len(records) < self.chunk_rows or not info.key
             self._commit({topic: records}, None)
             self.stats["snapshot_rows"] += len(records)
+            progress.advance(len(records))
             if prog["done"]:
+                progress.finish()
                 return
 
     # -- durable append ---------------------------------------------------------------

@@ -226,6 +226,10 @@ def test_auth_refusals(stack: Stack) -> None:
     r = c.post("/v1/ask", json=body, headers=stack.auth("reader"))
     assert r.status_code == 403 and "lacks scope 'ask'" in r.json()["detail"]
     assert c.post("/v1/ask", json=body, headers=stack.auth("ops")).status_code == 200
+    r = c.get("/v1/profiles/alice@example.com", headers=stack.auth("app"))
+    assert r.status_code == 403 and "lacks scope 'profiles'" in r.json()["detail"]
+    assert c.get("/v1/profiles/alice@example.com").status_code == 401
+    assert c.get("/v1/profiles/nobody@example.com", headers=stack.auth("ops")).status_code == 404
     spec = c.get("/openapi.json")
     assert spec.status_code == 200 and {"/v1/ask", "/v1/feedback"} <= set(spec.json()["paths"])
     assert c.get("/healthz").status_code == 200

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.api import install as install_ask
+from headwater.serving.auth import scoped
 from headwater.serving.metrics import PipelineCollector
 from headwater.serving.profiles import router as profiles_router
 from headwater.storage.database import connect
@@ -36,5 +37,5 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(profiles_router(rt))
+    app.include_router(profiles_router(rt), dependencies=scoped("profiles"))
     return app

@@ -1,24 +1,26 @@
-"""Answering a question: freshness → embed → cache → retrieve → prompt → generate →
-cache → conversation log.
+"""Answering a question: freshness → profile → cache → embed → cache → retrieve →
+generate → cache → conversation log.
 
 Steps of :meth:`AskService.ask` (numbered; the guarantees rest on this order):
 
 1. ``consistency: "fresh"``: wait until the pipelines the answer depends on reflect
    every source write committed before the request (:mod:`.freshness`); after
    ``serving.freshness.timeout_s`` go on and mark the answer ``stale``.
-2. Embed the question (once; retrieval reuses the vector). Concurrent requests share
-   model calls (:mod:`.batching`).
-3. Resolve the customer's profile (any id, alias or identifier → person). The cache
+2. Resolve the customer's profile (any id, alias or identifier → person). The cache
    scope is that ``person_id``, or ``""`` without a profile.
-4. Cache lookup in (tenant, scope, params). A hit is an entry no change has touched:
-   the triggers of migration 0030 delete entries in the changing transaction.
-5. Retrieve in one REPEATABLE READ snapshot: profile, hybrid search, each chunk's
+3. Cache lookup of the very same question in (tenant, scope, params): no embedding.
+   A hit is an entry no change has touched: the triggers of migration 0030 delete
+   entries in the changing transaction.
+4. Embed the question (once; retrieval reuses the vector). Concurrent requests share
+   model calls (:mod:`.batching`).
+5. Cache lookup by similarity (``serving.cache.threshold``) in the same scope.
+6. Retrieve in one REPEATABLE READ snapshot: profile, hybrid search, each chunk's
    cosine to the question and its document version; build the prompt within the
    token budget.
-6. Generate, holding no database connection (a remote model may take seconds).
-7. Cache the answer with what it used (not when nothing relevant was found), unless
+7. Generate, holding no database connection (a remote model may take seconds).
+8. Cache the answer with what it used (not when nothing relevant was found), unless
    something it used changed meanwhile (:func:`.cache.store`).
-8. Append the conversation to the ``conversations`` topic (and register its id, so
+9. Append the conversation to the ``conversations`` topic (and register its id, so
    feedback can name it), in one transaction on the postgres log.
 """
 
@@ -263,7 +265,7 @@ class AskService:
 
     def ask_stream(self, q: AskQuery, who: Principal) -> Iterator[tuple[str, dict[str, Any]]]:
         """As :meth:`ask`, as events: ``("delta", {"text"})`` while the answer is
-        written, then ``("answer", response)``. The checks (BadRequest) and steps 1-5
+        written, then ``("answer", response)``. The checks (BadRequest) and steps 1-6
         run at the first ``next()``."""
         turn = self._prepare(q, who)
         if turn.hit is not None:
@@ -280,7 +282,7 @@ class AskService:
         yield "answer", self._finish(turn, *self._body(turn.prompt, gen))
 
     def _prepare(self, q: AskQuery, who: Principal) -> _Turn:
-        """Steps 1-5: checks, freshness, embedding, profile, cache lookup, retrieval."""
+        """Steps 1-6: checks, freshness, profile, cache lookups, embedding, retrieval."""
         import numpy as np
 
         question = " ".join(q.question.split())
@@ -302,15 +304,27 @@ class AskService:
                 )
             turn.stale = not fr.caught_up
             turn.lap("freshness")
-        emb = self.embedder  # 2
-        turn.vec = np.asarray(emb.embed([question])[0], dtype=np.float32)
-        turn.lap("embed")
+        emb = self.embedder
         turn.params = f"{self.generator.name}|k={k}|{emb.model}|{self.cfg.prompt_tokens}"
         turn.use_cache = self.cfg.cache.enabled and q.cache == "use"
         with self.pool.connection() as conn:
-            profile = self._profile(conn, q.customer_id)  # 3
+            profile = self._profile(conn, q.customer_id)  # 2
             turn.scope = profile.person_id if profile is not None else ""
-            if turn.use_cache:  # 4
+            if turn.use_cache:  # 3: the very same question needs no embedding
+                turn.hit = cache.lookup_exact(
+                    conn,
+                    tenant=who.tenant,
+                    scope=turn.scope,
+                    params=turn.params,
+                    question=question,
+                )
+                turn.lap("cache")
+        if turn.hit is not None:
+            return turn
+        turn.vec = np.asarray(emb.embed([question])[0], dtype=np.float32)  # 4
+        turn.lap("embed")
+        with self.pool.connection() as conn:
+            if turn.use_cache:  # 5
                 turn.hit = cache.lookup(
                     conn,
                     tenant=who.tenant,
@@ -319,8 +333,8 @@ class AskService:
                     embedding=turn.vec,
                     threshold=self.cfg.cache.threshold,
                 )
-                turn.lap("cache")
-            if turn.hit is None:  # 5
+                turn.lap("cache_similar")
+            if turn.hit is None:  # 6
                 turn.prompt, turn.profile = self._retrieve(
                     conn, question, turn.vec, k, q.customer_id
                 )
@@ -330,10 +344,10 @@ class AskService:
     def _finish(
         self, turn: _Turn, body: dict[str, Any], uses: list[cache.Use], found: bool
     ) -> dict[str, Any]:
-        """Steps 7-8: cache the answer (a found one), report, log the conversation."""
+        """Steps 8-9: cache the answer (a found one), report, log the conversation."""
         state = "hit" if turn.hit is not None else "miss" if turn.use_cache else "bypass"
         with self.pool.connection() as conn:
-            if turn.hit is None and turn.use_cache and found:  # 7
+            if turn.hit is None and turn.use_cache and found:  # 8
                 profile = turn.profile
                 turn.scope = profile.person_id if profile is not None else ""
                 cache.store(
@@ -359,7 +373,7 @@ class AskService:
             }
             if turn.stale is not None:
                 out["stale"] = turn.stale
-            self._log_conversation(conn, out, turn.question, turn.q, turn.who, turn.scope)  # 8
+            self._log_conversation(conn, out, turn.question, turn.q, turn.who, turn.scope)  # 9
             turn.lap("log")
         turn.timings["total"] = round((time.perf_counter() - turn.t0) * 1000, 2)
         out["timings_ms"] = turn.timings

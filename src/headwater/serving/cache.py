@@ -90,6 +90,25 @@ def lookup(
     return Hit(int(row[0]), float(row[1]), str(row[2]), dict(row[3]))
 
 
+def lookup_exact(conn: Conn, *, tenant: str, scope: str, params: str, question: str) -> Hit | None:
+    """A live entry for exactly this question (no embedding needed)."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT entry_id, question, response FROM headwater_serving.cache_entries"
+            " WHERE tenant = %s AND scope = %s AND params = %s AND md5(question) = md5(%s)"
+            " AND question = %s AND expires_at > now() ORDER BY entry_id DESC LIMIT 1",
+            (tenant, scope, params, question, question),
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute(
+            "UPDATE headwater_serving.cache_entries SET hits = hits + 1, last_hit_at = now()"
+            " WHERE entry_id = %s",
+            (row[0],),
+        )
+    return Hit(int(row[0]), 1.0, str(row[1]), dict(row[2]))
+
+
 def store(
     conn: Conn,
     *,

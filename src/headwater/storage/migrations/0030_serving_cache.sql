@@ -22,6 +22,9 @@ CREATE TABLE headwater_serving.cache_entries (
     last_hit_at     timestamptz
 );
 CREATE INDEX cache_entries_scope ON headwater_serving.cache_entries (tenant, scope, params);
+-- The same question again is found without embedding it.
+CREATE INDEX cache_entries_exact
+    ON headwater_serving.cache_entries (tenant, scope, params, md5(question));
 CREATE INDEX cache_entries_embedding
     ON headwater_serving.cache_entries USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX cache_entries_expires ON headwater_serving.cache_entries (expires_at);

@@ -145,9 +145,10 @@ def main() -> None:
                         f"  {states}"
                     )
             for n in levels:
+                miss = p50[("miss", n)]
                 print(
-                    f"  at {n} client(s), p50 vs miss: hit {p50[('miss', n)] / p50[('hit', n)]:.1f}x"
-                    f" faster, similar {p50[('miss', n)] / p50[('similar', n)]:.1f}x"
+                    f"  at {n} client(s), p50 vs miss: hit {miss / p50[('hit', n)]:.1f}x"
+                    f" faster, similar {miss / p50[('similar', n)]:.1f}x"
                 )
         finally:
             server.terminate()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from headwater.config.knowledge import KnowledgePipeline
 from headwater.config.model import PipelineConfig, ReplicaPipeline, TableSinkPipeline
 from headwater.engine.processor import Processor
 
@@ -26,9 +27,17 @@ def _replica(cfg: PipelineConfig) -> Processor:
     return ReplicaSink(cfg.schema_, cfg.table)
 
 
+def _knowledge(cfg: PipelineConfig) -> Processor:
+    from headwater.knowledge.processor import KnowledgeProcessor
+
+    assert isinstance(cfg, KnowledgePipeline)
+    return KnowledgeProcessor(cfg)
+
+
 BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {
     "table": _table,
     "replica": _replica,
+    "knowledge": _knowledge,
 }
 
 

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.metrics import PipelineCollector
+from headwater.serving.search import search_router
 from headwater.storage.database import connect
 
 
@@ -17,6 +18,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="Headwater", version=__version__, docs_url="/docs")
     registry = CollectorRegistry()
     registry.register(PipelineCollector(rt))
+    app.include_router(search_router(rt))
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict[str, Any]:

@@ -261,3 +261,40 @@ def test_config_derives_the_kb_pipeline_and_names_bad_keys(tmp_path: Path) -> No
     cfg.write_text('[knowledge.embedder]\nkind = "openai"\n')
     with pytest.raises(ConfigError, match="needs url and model"):
         load_settings(cfg)
+
+
+def test_search_cli_and_http_return_hits(
+    tmp_path: Path, conn: psycopg.Connection, dsn: str, embedder: MiniLMEmbedder
+) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from headwater.cli.main import app
+    from headwater.engine.runtime import Runtime
+    from headwater.log.postgres import PostgresLog
+    from headwater.serving.app import create_app
+
+    cfg = KnowledgePipeline(name="kb", input="docs.files", processor="knowledge", source="docs")
+    KnowledgeProcessor(cfg, embedder).process(
+        conn,
+        [
+            _file("cat.txt", b"The office cat is named Mittens.", 1),
+            _file("park.txt", b"Visitors park on level 2.", 2),
+        ],
+    )
+    conn.commit()
+    path = tmp_path / "headwater.toml"
+    path.write_text(f'[storage]\npostgres = "{dsn}"\n')
+    res = CliRunner().invoke(
+        app, ["search", "where to park", "--k", "1", "--json", "-c", str(path)]
+    )
+    assert res.exit_code == 0, res.output
+    (hit,) = json.loads(res.output)["hits"]
+    assert hit["doc_id"] == "docs:park.txt" and hit["text"] == "Visitors park on level 2."
+    assert set(hit) >= {"doc_id", "uri", "chunk_id", "version", "score", "text"}
+    rt = Runtime(load_settings(path), dsn, PostgresLog(dsn))
+    client = TestClient(create_app(rt))
+    body = client.get("/v1/search", params={"q": "cat name", "k": 2}).json()
+    assert body["hits"][0]["doc_id"] == "docs:cat.txt"
+    assert len(body["hits"]) == 2
+    assert client.get("/v1/search", params={"q": ""}).status_code == 422

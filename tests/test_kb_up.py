@@ -51,7 +51,9 @@ def _wait(what: str, done: Callable[[], bool], up: subprocess.Popen[bytes], time
     deadline = time.monotonic() + timeout
     while not done():
         assert up.poll() is None, f"headwater up exited with {up.returncode}: {_log_tail(up)}"
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}\n{done!r}\n{_log_tail(up)}"
+        assert time.monotonic() < deadline, (
+            f"timed out waiting for: {what}\n{done!r}\n{_log_tail(up)}"
+        )
         time.sleep(0.1)
 
 

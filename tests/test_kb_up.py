@@ -11,9 +11,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from headwater.log.postgres import PostgresLog
+import psycopg
 
-from .conftest import query
+from headwater.log.postgres import PostgresLog
+from headwater.storage.embedded import EmbeddedPostgres
+
+from .conftest import new_database, query
 from .kb_helpers import actual_index, cache_size, expected_index
 
 
@@ -187,3 +190,54 @@ def test_sigkill_during_bulk_ingestion_leaves_an_exact_index(tmp_path: Path, dsn
     finally:
         if up.poll() is None:
             _stop(up)
+
+
+def test_captured_rows_feed_the_knowledge_base(
+    tmp_path: Path, dsn: str, pg_server: EmbeddedPostgres
+) -> None:
+    source = new_database(pg_server, "src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE policies (id int PRIMARY KEY, title text, body text)")
+        conn.execute(
+            "INSERT INTO policies VALUES (1, 'Travel', 'Economy class for short flights.'),"
+            " (2, 'Expenses', 'Receipts are needed above 25 euros.')"
+        )
+    cfg = tmp_path / "headwater.toml"
+    cfg.write_text(
+        f'[storage]\npostgres = "{dsn}"\n[server]\nenabled = false\n'
+        f'[[sources]]\nname = "crm"\nkind = "postgres"\ndsn = "{source}"\n'
+        'tables = ["public.policies"]\nreplicate = false\n'
+        '[[knowledge.tables]]\nsource = "crm"\ntable = "public.policies"\n'
+        'template = "{title}\\n\\n{body}"\ntitle = "title"\n'
+    )
+
+    def texts() -> dict[str, str]:
+        rows = query(
+            dsn,
+            "SELECT d.title, string_agg(c.text, ' ' ORDER BY c.ordinal)"
+            " FROM headwater_kb.documents d JOIN headwater_kb.chunks c USING (doc_id)"
+            " GROUP BY d.title",
+        )
+        return {t: " ".join(x.split()) for t, x in rows}
+
+    up = _up(cfg)
+    try:
+        _wait("snapshot rows indexed", lambda: len(texts()) == 2, up)
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("UPDATE policies SET body = 'Business class above 8 hours.' WHERE id = 1")
+            conn.execute("DELETE FROM policies WHERE id = 2")
+        _wait(
+            "update and delete indexed",
+            lambda: texts() == {"Travel": "Travel Business class above 8 hours."},
+            up,
+        )
+        (doc_id,) = query(dsn, "SELECT doc_id FROM headwater_kb.documents")[0]
+        assert doc_id == 'crm.policies:{"id":1}'
+    finally:
+        if up.poll() is None:
+            _stop(up)
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = 'headwater_crm'"
+            )

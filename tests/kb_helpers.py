@@ -29,7 +29,7 @@ def expected_index(
         except Exception:
             continue
         doc_id = f"{source}:{rel}"
-        chunks = chunk_blocks(doc_id, doc.blocks, minilm_tokenizer(), size, overlap)
+        chunks = chunk_blocks(doc_id, doc.blocks, minilm_tokenizer(), size, overlap, doc.title)
         out[doc_id] = (
             hashlib.sha256(data).hexdigest(),
             frozenset(c.chunk_id for c in chunks),

@@ -65,7 +65,8 @@ def test_parse_formats_keep_structure() -> None:
     html = parse(
         "p.html",
         b"<html><head><title>Page</title><script>x=1</script></head><body><nav>Home</nav>"
-        b"<main><h1>Top</h1><p>Hello <b>world</b></p><h2>Sub</h2><ul><li>one</li></ul></main>"
+        b'<main><div class="navheader"><table><tr><th>Prev</th></tr></table></div><h1>Top</h1>'
+        b"<p>Hello <b>world</b></p><h2>Sub</h2><ul><li>one</li></ul></main>"
         b"<footer>(c)</footer></body></html>",
     )
     assert html.title == "Page"

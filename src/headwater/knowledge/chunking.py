@@ -42,9 +42,16 @@ class _Unit:
 
 
 def chunk_blocks(
-    doc_id: str, blocks: Sequence[Block], tokenizer: Tokenizer, size: int, overlap: int
+    doc_id: str,
+    blocks: Sequence[Block],
+    tokenizer: Tokenizer,
+    size: int,
+    overlap: int,
+    title: str | None = None,
 ) -> list[Chunk]:
-    """Chunks of a document's blocks, in document order."""
+    """Chunks of a document's blocks, in document order. ``title`` (the document's
+    own, from its content) is prefixed to the embedded context unless it already
+    heads the headings."""
     blocks = [b for b in blocks if b.text.strip()]
     offsets = tokenizer.offsets([b.text for b in blocks]) if blocks else []
     texts: list[tuple[tuple[str, ...], str]] = []
@@ -60,7 +67,8 @@ def chunk_blocks(
         n = seen.get((headings, text), 0)
         seen[(headings, text)] = n + 1
         ident = "\x1f".join((doc_id, "\x1e".join(headings), text, str(n)))
-        embed_text = f"{' > '.join(headings)}\n{text}" if headings else text
+        context = headings if not title or headings[:1] == (title,) else (title, *headings)
+        embed_text = f"{' > '.join(context)}\n{text}" if context else text
         out.append(
             Chunk(
                 chunk_id=hashlib.sha256(ident.encode()).hexdigest()[:32],

@@ -46,6 +46,7 @@ class Block:
 @dataclass
 class ParsedDocument:
     title: str | None
+    """From the content (md h1, html title, pdf metadata); None when it has none."""
     format: str
     blocks: list[Block] = field(default_factory=list)
 
@@ -80,8 +81,6 @@ def parse(path: str, data: bytes) -> ParsedDocument:
             doc = ParsedDocument(None, "text", [Block(p) for p in _paragraphs(text)])
     if not any(b.text.strip() for b in doc.blocks):
         raise ProcessingError(f"empty: no text in {path} ({doc.format})")
-    if doc.title is None:
-        doc.title = PurePosixPath(path).stem
     return doc
 
 
@@ -103,6 +102,7 @@ def _decode(path: str, data: bytes) -> str:
 
 _BLANK = re.compile(r"\n\s*\n")
 _WS = re.compile(r"[ \t\r\f\v]+")
+_ALL_WS = re.compile(r"\s+")
 
 
 def _paragraphs(text: str) -> Iterator[str]:
@@ -202,6 +202,11 @@ _BLOCK = {
     "tbody",
     "thead",
 }
+_BOILERPLATE = re.compile(
+    r"(?:^|[\s_-])(?:nav|navbar|navheader|navfooter|navigation|menu|sidebar|breadcrumbs?"
+    r"|footer|header|cookie-?banner|skip-?link)(?:$|[\s_-])",
+    re.IGNORECASE,
+)
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 
 
@@ -212,7 +217,7 @@ def html_document(html: str) -> ParsedDocument:
 
     tree = LexborHTMLParser(html)
     title_node = tree.css_first("title")
-    title = _WS.sub(" ", title_node.text()).strip() if title_node else None
+    title = _ALL_WS.sub(" ", title_node.text()).strip() if title_node else None
     root = (
         tree.css_first("main")
         or tree.css_first("article")
@@ -224,7 +229,7 @@ def html_document(html: str) -> ParsedDocument:
     buf: list[str] = []
 
     def flush() -> None:
-        text = _WS.sub(" ", "".join(buf)).strip()
+        text = _ALL_WS.sub(" ", "".join(buf)).strip()
         buf.clear()
         if text:
             blocks.append(Block(text, tuple(h for _, h in stack)))
@@ -236,10 +241,14 @@ def html_document(html: str) -> ParsedDocument:
             return
         if tag in _SKIP or tag.startswith("-"):
             return
+        attrs = node.attributes
+        marks = f"{attrs.get('class') or ''} {attrs.get('id') or ''} {attrs.get('role') or ''}"
+        if marks.strip() and _BOILERPLATE.search(marks):
+            return
         level = _HEADINGS.get(tag)
         if level is not None:
             flush()
-            heading = _WS.sub(" ", node.text()).strip()
+            heading = _ALL_WS.sub(" ", node.text()).strip()
             if heading:
                 nonlocal stack
                 stack = [(lv, h) for lv, h in stack if lv < level]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import string
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from headwater.config.knowledge import KnowledgePipeline
@@ -83,6 +84,7 @@ class KnowledgeProcessor(Processor):
             doc_id,
             uri=h.get("uri", path),
             title=parsed.title,
+            fallback_title=PurePosixPath(path).stem,
             version=int(h.get("version", r.offset)),
             content_hash=h.get("content_hash") or hashlib.sha256(r.value).hexdigest(),
             position=h.get("position"),
@@ -96,6 +98,7 @@ class KnowledgeProcessor(Processor):
         *,
         uri: str,
         title: str | None,
+        fallback_title: str | None = None,
         version: int,
         content_hash: str,
         position: str | None,
@@ -103,9 +106,19 @@ class KnowledgeProcessor(Processor):
         metadata: dict[str, Any],
     ) -> DocumentUpsert:
         ch = self.cfg.chunking
-        chunks = chunk_blocks(doc_id, blocks, self.tokenizer, ch.size_tokens, ch.overlap_tokens)
+        chunks = chunk_blocks(
+            doc_id, blocks, self.tokenizer, ch.size_tokens, ch.overlap_tokens, title
+        )
         return DocumentUpsert(
-            doc_id, self.cfg.source, uri, title, version, content_hash, position, chunks, metadata
+            doc_id,
+            self.cfg.source,
+            uri,
+            title or fallback_title,
+            version,
+            content_hash,
+            position,
+            chunks,
+            metadata,
         )
 
     # -- rows -------------------------------------------------------------------------

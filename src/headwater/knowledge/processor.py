@@ -21,12 +21,15 @@ from typing import Any
 
 from headwater.config.knowledge import KnowledgePipeline
 from headwater.engine.processor import Processor
-from headwater.errors import ProcessingError
+from headwater.errors import ConfigError, ProcessingError
 from headwater.knowledge.chunking import chunk_blocks
 from headwater.knowledge.embedder import Embedder, Tokenizer, load_embedder, tokenizer_for
 from headwater.knowledge.index import DocumentUpsert, apply_documents, delete_documents
 from headwater.knowledge.parse import Block, parse
 from headwater.log.base import Conn, LogRecord
+
+INDEX_DIM = 384
+"""The dimension of ``headwater_kb.chunks.embedding`` (contracts.md)."""
 
 
 class KnowledgeProcessor(Processor):
@@ -51,7 +54,17 @@ class KnowledgeProcessor(Processor):
         return self._tokenizer
 
     def setup(self, conn: Conn) -> None:
-        self.embedder  # noqa: B018 - load the model before the first batch
+        """Load the model before the first batch and check its dimension.
+
+        Raises:
+            ConfigError: the embedder's dimension is not the index's (384).
+        """
+        if self.embedder.dim != INDEX_DIM:
+            raise ConfigError(
+                f"pipelines.{self.cfg.name}: embedder {self.embedder.model!r} makes"
+                f" {self.embedder.dim}-dimensional vectors; headwater_kb.chunks holds"
+                f" {INDEX_DIM}: use a {INDEX_DIM}-dimensional model"
+            )
 
     def process(self, conn: Conn, records: Sequence[LogRecord]) -> None:
         latest: dict[bytes | None, LogRecord] = {}

@@ -299,3 +299,18 @@ def test_search_cli_and_http_return_hits(
     assert body["hits"][0]["doc_id"] == "docs:cat.txt"
     assert len(body["hits"]) == 2
     assert client.get("/v1/search", params={"q": ""}).status_code == 422
+
+
+def test_globs_select_files_and_skip_hidden_ones() -> None:
+    from headwater.config.knowledge import FilesSourceConfig
+    from headwater.sources.files.globs import selected
+
+    cfg = FilesSourceConfig(kind="files", name="d", path=Path("."))
+    inc, exc = cfg.include, cfg.exclude
+    assert selected("a.md", inc, exc) and selected("x/y/z.txt", inc, exc)
+    assert not selected(".env", inc, exc) and not selected("x/.swp", inc, exc)
+    assert not selected(".git/config", inc, exc) and not selected("a/.cache/b.md", inc, exc)
+    assert selected("docs/a.md", ("docs/**/*.md",), ()) and selected(
+        "docs/x/a.md", ("docs/**/*.md",), ()
+    )
+    assert not selected("docs/a.txt", ("**/*.md",), ()) and selected("a.md", ("**/*.md",), ())

@@ -30,8 +30,9 @@ class FilesSourceConfig(_Model):
     path: Path
     include: tuple[str, ...] = ("**/*",)
     """Glob patterns (relative to ``path``, ``**`` crosses folders) a file must match."""
-    exclude: tuple[str, ...] = ("**/.*", ".*")
-    """Glob patterns that drop a file even if included (default: hidden files)."""
+    exclude: tuple[str, ...] = ("**/.*", "**/.*/**")
+    """Glob patterns that drop a file even if included (default: hidden files and
+    everything in hidden folders such as .git)."""
     max_bytes: int = Field(20 * 1024 * 1024, ge=1)
     """Larger files go to the dead-letter topic as oversized."""
     reconcile_interval_s: float = Field(30.0, gt=0)

@@ -314,3 +314,16 @@ def test_globs_select_files_and_skip_hidden_ones() -> None:
         "docs/x/a.md", ("docs/**/*.md",), ()
     )
     assert not selected("docs/a.txt", ("**/*.md",), ()) and selected("a.md", ("**/*.md",), ())
+
+
+def test_cli_and_server_import_no_model_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, headwater.cli.main, headwater.serving.app, headwater.engine.registry;"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'pypdf', 'watchfiles',"
+        " 'selectolax', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -24,7 +24,12 @@ from headwater.engine.processor import Processor
 from headwater.errors import ConfigError, ProcessingError
 from headwater.knowledge.chunking import chunk_blocks
 from headwater.knowledge.embedder import Embedder, Tokenizer, load_embedder, tokenizer_for
-from headwater.knowledge.index import DocumentUpsert, apply_documents, delete_documents
+from headwater.knowledge.index import (
+    DocumentUpsert,
+    IndexStats,
+    apply_documents,
+    delete_documents,
+)
 from headwater.knowledge.parse import Block, parse
 from headwater.log.base import Conn, LogRecord
 
@@ -39,7 +44,8 @@ class KnowledgeProcessor(Processor):
         self.cfg = cfg
         self._embedder = embedder
         self._tokenizer: Tokenizer | None = None
-        self.last_stats: Any = None
+        self.last_stats: IndexStats | None = None
+        """What the last ``process`` call did (embedded, cached, kept, inserted...)."""
 
     @property
     def embedder(self) -> Embedder:

@@ -11,6 +11,7 @@ from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.metrics import PipelineCollector
 from headwater.serving.profiles import router as profiles_router
+from headwater.serving.search import search_router
 from headwater.storage.database import connect
 
 
@@ -18,6 +19,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="Headwater", version=__version__, docs_url="/docs")
     registry = CollectorRegistry()
     registry.register(PipelineCollector(rt))
+    app.include_router(search_router(rt))
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict[str, Any]:

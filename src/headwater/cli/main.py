@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from headwater import __version__
+from headwater.cli import knowledge as knowledge_cli
 from headwater.cli import profiles as profiles_cli
 from headwater.config.loader import DEFAULT_CONFIG, load_settings
 from headwater.config.model import Settings
@@ -358,6 +359,9 @@ def source(
 
     stop = stop_on_signals(f"source {name}: appending what it holds, then stopping")
     run_source(_settings(config), name, stop)
+
+
+app.command()(knowledge_cli.search)
 
 
 @app.command()

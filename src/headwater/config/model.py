@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from headwater.config.knowledge import FilesSourceConfig, KnowledgeConfig, KnowledgePipeline
 from headwater.config.profiles import FactTable, MappedTable, ProfilesConfig, ProfilesPipeline
 from headwater.config.serving import ServingConfig
 
@@ -134,7 +135,8 @@ SERVING_TOPICS = tuple(
 """Topics the API appends to (every answer, every rating); created at bootstrap."""
 
 PipelineConfig = Annotated[
-    TableSinkPipeline | ReplicaPipeline | ProfilesPipeline, Field(discriminator="processor")
+    TableSinkPipeline | ReplicaPipeline | ProfilesPipeline | KnowledgePipeline,
+    Field(discriminator="processor"),
 ]
 
 
@@ -199,7 +201,10 @@ class MySQLSourceConfig(_SourceBase):
         return v
 
 
-SourceConfig = Annotated[PostgresSourceConfig | MySQLSourceConfig, Field(discriminator="kind")]
+CDCSourceConfig = PostgresSourceConfig | MySQLSourceConfig
+SourceConfig = Annotated[
+    PostgresSourceConfig | MySQLSourceConfig | FilesSourceConfig, Field(discriminator="kind")
+]
 
 
 def _profiles_tables(cfg: ProfilesConfig) -> list[MappedTable | FactTable]:
@@ -218,6 +223,7 @@ class Settings(_Model):
     pipelines: tuple[PipelineConfig, ...] = ()
     serving: ServingConfig = ServingConfig()
     profiles: ProfilesConfig | None = None
+    knowledge: KnowledgeConfig = KnowledgeConfig()
     config_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -234,7 +240,7 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _replicas_unambiguous(self) -> Settings:
-        for src in self.sources:
+        for src in self.cdc_sources():
             names = [t for _, t in src.table_refs()]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if src.replicate and dupes:
@@ -252,8 +258,40 @@ class Settings(_Model):
                 self._profiles_topic(t)
         return self
 
+    def cdc_sources(self) -> tuple[PostgresSourceConfig | MySQLSourceConfig, ...]:
+        """The sources that capture database tables."""
+        return tuple(s for s in self.sources if not isinstance(s, FilesSourceConfig))
+
+    @model_validator(mode="after")
+    def _knowledge_tables_captured(self) -> Settings:
+        for i, t in enumerate(self.knowledge.tables):
+            src = next((s for s in self.cdc_sources() if s.name == t.source), None)
+            if src is None:
+                valid = ", ".join(s.name for s in self.cdc_sources()) or "(none)"
+                raise ValueError(
+                    f"knowledge.tables[{i}].source: {t.source!r} is not a database source;"
+                    f" valid: {valid}"
+                )
+            if t.table not in src.tables and f"public.{t.table}" not in src.tables:
+                raise ValueError(
+                    f"knowledge.tables[{i}].table: {t.table!r} is not captured by"
+                    f" {t.source}; add it to sources.{t.source}.tables"
+                )
+        return self
+
     def all_topics(self) -> tuple[TopicConfig, ...]:
-        """Configured topics and those of the sources' captured tables."""
+        """Configured topics, those of the sources' captured tables and of file sources."""
+        files = [
+            TopicConfig.model_construct(
+                name=src.topic,
+                partitions=src.partitions,
+                compacted=False,
+                retention_ms=None,
+                retention_bytes=None,
+            )
+            for src in self.sources
+            if isinstance(src, FilesSourceConfig)
+        ]
         derived = [
             TopicConfig.model_construct(
                 name=src.topic_of(schema, table),
@@ -262,17 +300,18 @@ class Settings(_Model):
                 retention_ms=None,
                 retention_bytes=None,
             )
-            for src in self.sources
+            for src in self.cdc_sources()
             for schema, table in src.table_refs()
         ]
         named = {t.name for t in self.topics}
         derived += [t for t in SERVING_TOPICS if t.name not in named]  # answers, ratings
-        return (*self.topics, *derived)
+        return (*self.topics, *derived, *files)
 
     def all_pipelines(self) -> tuple[PipelineConfig, ...]:
-        """Configured pipelines and one replica pipeline per captured table."""
-        derived: list[PipelineConfig] = []
-        for src in self.sources:
+        """Configured pipelines, one replica pipeline per captured table, and one
+        knowledge pipeline per file source and per ``[knowledge]`` table template."""
+        derived: list[PipelineConfig] = self._knowledge_pipelines()
+        for src in self.cdc_sources():
             if not src.replicate:
                 continue
             for schema, table in src.table_refs():
@@ -332,7 +371,7 @@ class Settings(_Model):
         Raises:
             ValueError: no such source or captured table.
         """
-        for src in self.sources:
+        for src in self.cdc_sources():
             if src.name != source:
                 continue
             for schema, name in src.table_refs():
@@ -340,6 +379,44 @@ class Settings(_Model):
                     return src.topic_of(schema, name)
             raise ValueError(f"source {source!r} does not capture table {table!r}")
         raise ValueError(f"no source named {source!r}; set topic = ... or add the source")
+
+    def _knowledge_pipelines(self) -> list[PipelineConfig]:
+        kn = self.knowledge
+        out: list[PipelineConfig] = []
+        for src in self.sources:
+            if isinstance(src, FilesSourceConfig) and src.knowledge:
+                out.append(
+                    KnowledgePipeline(
+                        name=f"kb-{src.name}"[:63],
+                        input=src.topic,
+                        batch_max_events=64,
+                        batch_max_ms=20,
+                        processor="knowledge",
+                        source=src.name,
+                        chunking=kn.chunking,
+                        embedder=kn.embedder,
+                    )
+                )
+        for t in kn.tables:
+            src = next(s for s in self.cdc_sources() if s.name == t.source)
+            schema, _, table = t.table.rpartition(".")
+            name = re.sub(r"[^a-z0-9_.-]", "_", f"kb-{src.name}-{table}".lower())[:63]
+            out.append(
+                KnowledgePipeline(
+                    name=name,
+                    input=src.topic_of(schema or "public", table),
+                    batch_max_events=256,
+                    batch_max_ms=20,
+                    processor="knowledge",
+                    source=f"{src.name}.{table}",
+                    format="rows",
+                    template=t.template,
+                    title=t.title,
+                    chunking=kn.chunking,
+                    embedder=kn.embedder,
+                )
+            )
+        return out
 
     @property
     def data_dir(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from headwater.config.knowledge import KnowledgePipeline
 from headwater.config.model import PipelineConfig, ReplicaPipeline, TableSinkPipeline
 from headwater.config.profiles import ProfilesPipeline
 from headwater.engine.processor import Processor
@@ -34,10 +35,18 @@ def _profiles(cfg: PipelineConfig) -> Processor:
     return ProfilesProcessor(cfg.profiles, cfg.input)
 
 
+def _knowledge(cfg: PipelineConfig) -> Processor:
+    from headwater.knowledge.processor import KnowledgeProcessor
+
+    assert isinstance(cfg, KnowledgePipeline)
+    return KnowledgeProcessor(cfg)
+
+
 BUILTIN: dict[str, Callable[[PipelineConfig], Processor]] = {
     "table": _table,
     "replica": _replica,
     "profiles": _profiles,
+    "knowledge": _knowledge,
 }
 
 

@@ -156,6 +156,15 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
                         lag = slot_lag_bytes(src, slot_name(s.name))
                 except Exception as exc:  # the source may be away: report, don't fail
                     error = str(exc).splitlines()[0]
+            elif s.kind == "files":
+                row = conn.execute(
+                    "SELECT snapshot_done, position FROM headwater.source_state WHERE source = %s",
+                    (s.name,),
+                ).fetchone()
+                if row:
+                    done, pos = row
+                out.append(SourceStatus(s.name, s.kind, [str(s.path)], done, pos, None, None))
+                continue
             else:
                 row = conn.execute(
                     "SELECT snapshot_done, binlog_file || ':' || binlog_pos"

@@ -13,6 +13,7 @@ from headwater.serving.api import install as install_ask
 from headwater.serving.auth import scoped
 from headwater.serving.metrics import PipelineCollector
 from headwater.serving.profiles import router as profiles_router
+from headwater.serving.search import search_router
 from headwater.storage.database import connect
 
 
@@ -21,6 +22,7 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     install_ask(app, rt, ask_service)  # keys, body limit, /v1/ask, /v1/feedback
     registry = CollectorRegistry()
     registry.register(PipelineCollector(rt))
+    app.include_router(search_router(rt))
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict[str, Any]:

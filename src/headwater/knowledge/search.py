@@ -1,0 +1,119 @@
+"""Hybrid retrieval over ``headwater_kb``: pgvector cosine (HNSW) and PostgreSQL
+full text, fused by reciprocal rank (RRF, k = 60).
+
+Each side returns its best ``candidates`` chunks that pass the filters; a chunk's
+score is the sum of 1 / (60 + rank) over the sides that found it. Full text matches
+any of the query's words (OR of the stemmed lexemes), ranked by ``ts_rank_cd``.
+
+Filters: ``source``, ``doc_id``, ``uri`` match those columns; any other key matches
+the document's or the chunk's metadata value (as text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from headwater.knowledge.embedder import Embedder
+from headwater.log.base import Conn
+
+_RRF_K = 60
+_COLUMNS = {"source": "d.source", "doc_id": "d.doc_id", "uri": "d.uri"}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    doc_id: str
+    uri: str
+    chunk_id: str
+    version: int
+    score: float
+    text: str
+    title: str | None
+    headings: tuple[str, ...]
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id,
+            "uri": self.uri,
+            "chunk_id": self.chunk_id,
+            "version": self.version,
+            "score": self.score,
+            "text": self.text,
+            "title": self.title,
+            "headings": list(self.headings),
+            "source": self.source,
+        }
+
+
+def search(
+    conn: Conn,
+    embedder: Embedder,
+    query: str,
+    *,
+    k: int = 5,
+    filters: Mapping[str, str] | None = None,
+    candidates: int = 40,
+) -> list[SearchHit]:
+    """The ``k`` best chunks for ``query`` (best first)."""
+    if not query.strip() or k <= 0:
+        return []
+    vec = embedder.embed([query])[0]
+    qvec = "[" + ",".join(f"{x:.7g}" for x in vec.tolist()) + "]"
+    where, params = _filters(filters or {})
+    n = max(candidates, k)
+    with conn.transaction():
+        conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, n):d}")
+        if where != "TRUE":
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = _query(conn, where, params, qvec, n, query, k)
+    return [
+        SearchHit(r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], tuple(r[7]), r[8]) for r in rows
+    ]
+
+
+def _query(
+    conn: Conn, where: str, params: dict[str, Any], qvec: str, n: int, query: str, k: int
+) -> list[tuple[Any, ...]]:
+    sql = f"""
+        WITH v AS (
+            SELECT c.chunk_id, row_number() OVER () AS r FROM (
+                SELECT c.chunk_id FROM headwater_kb.chunks c
+                JOIN headwater_kb.documents d USING (doc_id)
+                WHERE {where} AND c.embedding IS NOT NULL
+                ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s) c
+        ), t AS (
+            SELECT c.chunk_id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC) AS r
+            FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id),
+                 (SELECT replace(plainto_tsquery('english', %(text)s)::text, '&', '|')
+                     AS s) s0,
+                 LATERAL (SELECT CASE WHEN s0.s = '' THEN NULL ELSE s0.s::tsquery END AS tq) q
+            WHERE {where} AND q.tq IS NOT NULL AND c.tsv @@ q.tq
+            ORDER BY ts_rank_cd(c.tsv, q.tq) DESC LIMIT %(n)s
+        ), fused AS (
+            SELECT chunk_id, sum(1.0 / ({_RRF_K} + r)) AS score
+            FROM (SELECT * FROM v UNION ALL SELECT * FROM t) x GROUP BY chunk_id
+        )
+        SELECT d.doc_id, d.uri, c.chunk_id, c.version, f.score, c.text, d.title, c.headings,
+               d.source
+        FROM fused f JOIN headwater_kb.chunks c USING (chunk_id)
+        JOIN headwater_kb.documents d ON d.doc_id = c.doc_id
+        ORDER BY f.score DESC, c.chunk_id LIMIT %(k)s
+    """
+    params.update({"q": qvec, "n": n, "text": query, "k": k})
+    return conn.execute(sql.encode(), params).fetchall()
+
+
+def _filters(filters: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    clauses = []
+    params: dict[str, Any] = {}
+    for i, (key, value) in enumerate(sorted(filters.items())):
+        params[f"f{i}"] = str(value)
+        if key in _COLUMNS:
+            clauses.append(f"{_COLUMNS[key]} = %(f{i})s")
+        else:
+            params[f"k{i}"] = key
+            clauses.append(f"coalesce(c.metadata ->> %(k{i})s, d.metadata ->> %(k{i})s) = %(f{i})s")
+    return (" AND ".join(clauses) or "TRUE"), params

@@ -1,0 +1,1 @@
+"""File source: a folder's documents as change events (scan, watch, reconcile)."""

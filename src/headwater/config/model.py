@@ -304,8 +304,8 @@ class Settings(_Model):
             for schema, table in src.table_refs()
         ]
         named = {t.name for t in self.topics}
-        derived += [t for t in SERVING_TOPICS if t.name not in named]  # answers, ratings
-        return (*self.topics, *derived, *files)
+        serving = [t for t in SERVING_TOPICS if t.name not in named]  # answers, ratings
+        return (*self.topics, *derived, *files, *serving)
 
     def all_pipelines(self) -> tuple[PipelineConfig, ...]:
         """Configured pipelines, one replica pipeline per captured table, and one

@@ -18,7 +18,7 @@ from headwater.knowledge.embedder import MiniLMEmbedder, default_embedder, minil
 from headwater.knowledge.parse import parse
 from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.knowledge.search import search
-from headwater.log.base import LogRecord
+from headwater.log.base import LogRecord, TopicSpec
 
 from .conftest import query
 
@@ -327,3 +327,29 @@ def test_cli_and_server_import_no_model_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_vanished_folder_is_an_error_not_a_mass_delete(tmp_path: Path, dsn: str) -> None:
+    from headwater.config.knowledge import FilesSourceConfig
+    from headwater.errors import SourceError
+    from headwater.log.postgres import PostgresLog
+    from headwater.sources.files.source import FileSource
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    (docs / "b.txt").write_text("beta")
+    log = PostgresLog(dsn)
+    cfg = FilesSourceConfig(kind="files", name="vanish", path=docs)
+    log.create_topic(TopicSpec(cfg.topic, cfg.partitions))
+    src = FileSource(cfg, log, dsn)
+    src.load()
+    assert src.reconcile() == 2
+    docs.rename(tmp_path / "unmounted")
+    with pytest.raises(SourceError, match=r"not a folder.*nothing is deleted"):
+        src.reconcile()
+    with pytest.raises(SourceError):
+        src.reconcile_paths([docs / "a.txt"])
+    (tmp_path / "unmounted").rename(docs)
+    assert src.reconcile() == 0  # back: no deletes were published meanwhile
+    log.close()

@@ -86,11 +86,7 @@ class FileSource:
         """
         import watchfiles
 
-        if not self.root.is_dir():
-            raise SourceError(
-                f"sources.{self.cfg.name}.path: {self.root} is not a folder; create it"
-                " or fix the path"
-            )
+        self._require_root()
         self.load()
         self.reconcile()
         next_full = time.monotonic() + self.cfg.reconcile_interval_s
@@ -121,9 +117,27 @@ class FileSource:
         self.manifest = {r[0]: Entry(r[1], r[2], r[3], r[4]) for r in rows}
         self.seq = int(st.position) if st and st.position else 0
 
+    def _require_root(self) -> None:
+        """Refuse to go on without the folder: a folder that vanished (an unmounted
+        volume, a moved share) must not read as "every file was deleted".
+
+        Raises:
+            SourceError: the folder does not exist or is not a folder.
+        """
+        if not self.root.is_dir():
+            raise SourceError(
+                f"sources.{self.cfg.name}.path: {self.root} is not a folder; create it,"
+                " mount it or fix the path (nothing is deleted from the index meanwhile)"
+            )
+
     def reconcile(self) -> int:
         """Compare the whole folder with the manifest; publish the differences.
-        Returns the number of events published."""
+        Returns the number of events published.
+
+        Raises:
+            SourceError: the folder is gone (see :meth:`_require_root`).
+        """
+        self._require_root()
         seen: set[str] = set()
         changes: list[_Change] = []
         n = 0
@@ -146,7 +160,12 @@ class FileSource:
         return n
 
     def reconcile_paths(self, paths: Iterable[Path]) -> int:
-        """Re-check the given paths (files, or folders whose whole subtree is checked)."""
+        """Re-check the given paths (files, or folders whose whole subtree is checked).
+
+        Raises:
+            SourceError: the folder is gone (see :meth:`_require_root`).
+        """
+        self._require_root()
         rels: set[str] = set()
         for p in paths:
             try:

@@ -54,7 +54,10 @@ class Supervisor:
         processes: dict[str, int],
         sources: tuple[str, ...] = (),
         grace_s: float = 30.0,
+        output: Path | None = None,
     ):
+        """``output``: a file the children's stdout and stderr are appended to
+        (default: this process's own)."""
         self.config_path = config_path
         self.children = [
             _Child(f"source {name}", ["source", "--name", name], 0) for name in sources
@@ -64,11 +67,18 @@ class Supervisor:
             for i in range(n)
         ]
         self.grace_s = grace_s
+        self.output = output
         self._stop = threading.Event()
 
     def _spawn(self, child: _Child) -> None:
         cmd = [sys.executable, "-m", "headwater", *child.args, "--config", str(self.config_path)]
-        child.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        if self.output is None:
+            child.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        else:
+            with self.output.open("ab") as out:  # the child keeps its own descriptor
+                child.proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                )
         child.started_at = time.monotonic()
         log.info("started %s#%d (pid %d)", child.label, child.index, child.proc.pid)
 

@@ -10,7 +10,8 @@
     ├── ProcessingError        a record could not be processed (goes to the DLQ)
     ├── RetryableError         a transient failure: the batch is retried with backoff
     ├── SourceError            a source cannot capture (setup refused, slot lost, bad data)
-    └── MissingDependency      an optional extra is not installed
+    ├── MissingDependency      an optional extra is not installed
+    └── DemoError              ``headwater demo``: the stack or its walk-through failed
 
 Messages never contain secrets: DSNs are shown with their password masked.
 """
@@ -77,3 +78,8 @@ def require(module: str, extra: str) -> object:
         raise MissingDependency(
             f"{module} is not installed; install it with: pip install 'headwater[{extra}]'"
         ) from exc
+
+
+class DemoError(HeadwaterError):
+    """``headwater demo``: the stack did not become ready in time, or a step of the
+    walk-through got a wrong answer. The message says which step and why."""

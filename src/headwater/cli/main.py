@@ -336,15 +336,58 @@ def worker(
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
-        ".headwater-demo"
-    ),
-    events: Annotated[int, typer.Option(help="Order events to generate.")] = 20_000,
+    data_dir: Annotated[
+        Path, typer.Option(help="The demo's folder; reset on every run (only ever its own).")
+    ] = Path(".headwater-demo"),
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the API and dashboard.")
+    ] = 8765,
+    rate: Annotated[
+        float,
+        typer.Option(min=0, max=200, help="Simulated source changes per second (0: no simulator)."),
+    ] = 2.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit after the walk-through (non-zero if it fails).")
+    ] = False,
 ) -> None:
-    """Run the walk-through on the embedded default: log, worker, exactly-once table."""
-    from headwater.demo.foundation import run
+    """The travel-assistant demo on the embedded default: two operational databases
+    and a folder of policies captured live, a scripted walk-through, then a stream of
+    simulated changes until Ctrl-C."""
+    from headwater.demo.app import DemoOptions, run
 
-    run(data_dir.resolve(), events, out)
+    _quiet_logs(data_dir / "logs" / "demo.log")
+    try:
+        run(DemoOptions(data_dir, port, rate, once), out)
+    except KeyboardInterrupt:
+        err.print("interrupted; everything the demo started was stopped")
+        raise typer.Exit(130) from None
+
+
+def _quiet_logs(path: Path) -> None:
+    """This process's log records go to ``path`` instead of the terminal (the demo's
+    output is its walk-through); created after the data dir reset, so kept open."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_LateFileHandler(path))
+
+
+class _LateFileHandler(logging.Handler):
+    """Appends to a file that may not exist yet (the demo creates its folder later);
+    records before then are dropped."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.INFO)
+        self.path = path
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.path.parent.is_dir():
+                with self.path.open("a", encoding="utf-8") as fh:
+                    fh.write(self.format(record) + "\n")
+        except OSError:
+            pass
 
 
 @app.command(hidden=True)

@@ -78,6 +78,7 @@ def _run(options: DemoOptions, console: Console, started: float) -> WalkthroughR
             if not options.once:
                 _keep_running(console, stack, sim)
         finally:
+            stack.stop_watching()
             if sim is not None:
                 sim.stop()
             console.print("[dim]stopping the simulator, Headwater and PostgreSQL…[/dim]")

@@ -316,10 +316,15 @@ class DemoStack:
         if errors:
             raise errors[0]
 
-    def _stop_supervisor(self) -> None:
+    def stop_watching(self) -> None:
+        """Restart no more children that exit: the first step of a shutdown (on Ctrl-C
+        the children get SIGINT from the terminal and exit on their own)."""
         self._watch_stop.set()
         if self._watcher is not None:
             self._watcher.join(5)
+
+    def _stop_supervisor(self) -> None:
+        self.stop_watching()
         if self._sup is not None:
             self._sup.stop()
             self._sup = None

@@ -33,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .headwater .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .headwater .headwater-demo .pytest_cache .mypy_cache .ruff_cache

@@ -361,6 +361,20 @@ def source(
     run_source(_settings(config), name, stop)
 
 
+@app.command()
+def resnapshot(
+    name: Annotated[str, typer.Argument(help="The source to snapshot again.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Forget where a CDC source stood (its replication slot or binlog position), so
+    its next start takes a new snapshot. Stop `headwater up` first. Rows already in the
+    log stay; the snapshot re-sends every row as op 'r' and consumers upsert them."""
+    from headwater.sources.runner import resnapshot_source
+
+    resnapshot_source(_settings(config), name)
+    out.print(f"source {name}: position forgotten; the next start takes a new snapshot")
+
+
 app.command()(knowledge_cli.search)
 
 

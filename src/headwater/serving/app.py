@@ -12,6 +12,7 @@ from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.api import install as install_ask
 from headwater.serving.auth import scoped
+from headwater.serving.dashboard import dashboard_router
 from headwater.serving.documents import documents_router
 from headwater.serving.metrics import PipelineCollector
 from headwater.serving.pipelines import pipelines_router
@@ -45,4 +46,5 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
     app.include_router(profiles_router(rt), dependencies=scoped("profiles"))
     app.include_router(documents_router(rt), dependencies=scoped("search"))
     app.include_router(pipelines_router(rt), dependencies=scoped("admin"))
+    app.include_router(dashboard_router())
     return app

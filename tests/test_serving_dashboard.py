@@ -49,6 +49,9 @@ def test_page_and_assets_are_served_without_a_key_under_a_strict_csp(client: Tes
     assert client.get("/dashboard/nope.js").status_code == 404
     assert client.get("/dashboard/..%2Fapp.py").status_code == 404
     assert client.get("/v1/pipelines").status_code == 401  # the data behind it still needs one
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/v1/pipelines", "/v1/documents", "/v1/documents/{doc_id}"} <= paths
+    assert "/" not in paths and "/dashboard/{name}" not in paths
 
 
 def test_assets_are_offline_and_never_build_html_from_text() -> None:

@@ -103,7 +103,8 @@ def up(
     server = None
     if settings.server.enabled and not no_server:
         server = _start_server(rt, settings)
-        out.print(f"headwater {__version__}: http://{settings.server.host}:{settings.server.port}")
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        out.print(f"headwater {__version__}: dashboard {url}/  (OpenAPI: {url}/openapi.json)")
     out.print(
         f"{len(settings.sources)} source(s), {len(sup.children) - len(settings.sources)} "
         f"worker(s) for {len(settings.all_pipelines())} pipeline(s); Ctrl-C to stop"

@@ -474,7 +474,8 @@ def test_dropped_slot_is_refused_with_reset_hint(src: str, log: PostgresLog) -> 
     _drop_slots(src)
     sql(src, "INSERT INTO d VALUES (2)")  # would be lost silently without the check
     source = PostgresSource("gone", src, ["d"], log)
-    with pytest.raises(SourceError, match=r"headwater_gone was dropped.*reset\(\)"):
+    hint = r"headwater_gone was dropped.*`headwater resnapshot gone`"
+    with pytest.raises(SourceError, match=hint):
         source.run()
     source.reset()
     with running(PostgresSource("gone", src, ["d"], log)):

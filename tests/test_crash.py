@@ -185,11 +185,15 @@ def test_per_key_order_with_two_workers_across_three_partitions(dsn: str) -> Non
     for w in workers:
         w.start()
     deadline = time.monotonic() + 60
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-    while query(dsn, sql, ("headwater-worker:order",))[0][0] < 2:  # both joined
-        assert time.monotonic() < deadline
+    members = (  # each reader holds a two-key advisory lock: its membership slot
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND objsubid = 2 AND database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+    )
+    while query(dsn, members)[0][0] < 2:  # both joined the group
+        assert time.monotonic() < deadline, "the workers did not join"
         time.sleep(0.05)
-    time.sleep(0.6)  # membership refresh: partitions spread over both
+    time.sleep(1.5)  # membership refresh (every 0.5 s): partitions spread over both
     for v0 in range(0, 1000, 100):  # appended while both workers consume
         log.append(
             "versions",

@@ -15,6 +15,10 @@ def test_big_integers_keep_every_digit() -> None:
     big = 123456789012345678901234567890
     assert loads(b'{"a": 123456789012345678901234567890}') == {"a": big}
     assert loads(dumps({"a": big, "b": [2**64 - 1]})) == {"a": big, "b": [2**64 - 1]}
+    # 19 digits, below int64: orjson alone would answer a float
+    for edge in (-(2**63) - 1, 2**64, -(2**64)):
+        assert loads(b"[%d]" % edge) == [edge] and isinstance(loads(b"%d" % edge), int)
+    assert loads("1e20") == 1e20 and loads(b'"12345678901234567890"') == "12345678901234567890"
 
 
 def test_output_matches_compact_stdlib_and_nan_is_null() -> None:

@@ -99,3 +99,26 @@ def test_up_captures_a_postgres_source_into_the_log(
                 " WHERE slot_name = 'headwater_crm_eu'"
             )
     assert code == 0
+    # The slot is gone now: the source refuses, naming the command that fixes it.
+    hw = [sys.executable, "-m", "headwater"]
+    refused = subprocess.run(
+        [*hw, "source", "--name", "crm-eu", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "`headwater resnapshot crm-eu`" in refused.stderr
+    fixed = subprocess.run(
+        [*hw, "resnapshot", "crm-eu", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert query(dsn, "SELECT count(*) FROM headwater.source_state WHERE source = 'crm-eu'") == [
+        (0,)
+    ]
+    wrong = subprocess.run(
+        [*hw, "resnapshot", "nope", "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "valid: crm-eu" in wrong.stderr

@@ -103,7 +103,8 @@ def up(
     server = None
     if settings.server.enabled and not no_server:
         server = _start_server(rt, settings)
-        out.print(f"headwater {__version__}: http://{settings.server.host}:{settings.server.port}")
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        out.print(f"headwater {__version__}: dashboard {url}/  (OpenAPI: {url}/openapi.json)")
     out.print(
         f"{len(settings.sources)} source(s), {len(sup.children) - len(settings.sources)} "
         f"worker(s) for {len(settings.all_pipelines())} pipeline(s); Ctrl-C to stop"
@@ -402,6 +403,20 @@ def source(
 
     stop = stop_on_signals(f"source {name}: appending what it holds, then stopping")
     run_source(_settings(config), name, stop)
+
+
+@app.command()
+def resnapshot(
+    name: Annotated[str, typer.Argument(help="The source to snapshot again.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Forget where a CDC source stood (its replication slot or binlog position), so
+    its next start takes a new snapshot. Stop `headwater up` first. Rows already in the
+    log stay; the snapshot re-sends every row as op 'r' and consumers upsert them."""
+    from headwater.sources.runner import resnapshot_source
+
+    resnapshot_source(_settings(config), name)
+    out.print(f"source {name}: position forgotten; the next start takes a new snapshot")
 
 
 app.command()(knowledge_cli.search)

@@ -183,3 +183,17 @@ def source_statuses(rt: Runtime) -> list[SourceStatus]:
                 SourceStatus(s.name, s.kind, list(s.tables), done, pos, lag, error, rows, estimate)
             )
     return out
+
+
+def worker_counts(rt: Runtime) -> dict[str, int]:
+    """Per configured pipeline, how many workers hold a session on Headwater's database
+    now (``pg_stat_activity``, by the workers' application name); 0: none is running."""
+    names = {f"headwater-worker:{p.name}"[:63]: p.name for p in rt.settings.all_pipelines()}
+    with connect(rt.dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, count(*)::int FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = ANY(%s) GROUP BY 1",
+            (list(names),),
+        ).fetchall()
+    found = {names[app]: n for app, n in rows}
+    return {name: found.get(name, 0) for name in names.values()}

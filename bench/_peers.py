@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -107,7 +108,7 @@ def _create_output_table(dsn: str, table: str) -> None:
 class PeerOutput:
     """Read side of a running peer: its chunk table in PostgreSQL."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], table: str) -> None:
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]], table: str) -> None:
         self.conn = conn
         self.table = table
 

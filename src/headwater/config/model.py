@@ -392,7 +392,7 @@ class Settings(_Model):
                         name=f"kb-{src.name}"[:63],
                         input=src.topic,
                         batch_max_events=64,
-                        batch_max_ms=20,
+                        batch_max_ms=0,  # a backlog fills batches; a lone edit goes at once
                         processor="knowledge",
                         source=src.name,
                         chunking=kn.chunking,
@@ -408,7 +408,7 @@ class Settings(_Model):
                     name=name,
                     input=src.topic_of(schema or "public", table),
                     batch_max_events=256,
-                    batch_max_ms=20,
+                    batch_max_ms=0,
                     processor="knowledge",
                     source=f"{src.name}.{table}",
                     format="rows",

@@ -1,16 +1,21 @@
 # Every target does its own set-up on a fresh machine: it creates .venv and installs
-# the project with its dev extras. torch is pinned to 2.13.0, the CPU build available
-# here; any other version pulls gigabytes of GPU packages.
+# the project (make demo: what it runs; the others: with the dev extras too). torch is
+# pinned to 2.13.0, the CPU build available here; any other version pulls gigabytes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: install browser test demo bench lint clean
 
-$(STAMP): pyproject.toml
+# What the demo needs (one resolver run), then the dev tools on top for tests and lint.
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -29,7 +34,7 @@ test: $(STAMP) browser
 	$(BIN)/mypy
 	$(BIN)/pytest -q tests
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/headwater demo
 
 bench: $(STAMP)

@@ -86,3 +86,47 @@ def merge(log: PostgresLog, topic: str, sink: ReplicaSink, batch: int = 7) -> An
         dsn=log.dsn,
         options=WorkerOptions(batch_max_events=batch, batch_max_ms=0, retry_initial_ms=10),
     ).run(until_idle=True)
+
+
+class ThreadedPipelines:
+    """Every configured source and pipeline of ``settings`` running in threads of this
+    process (workers linger 5 ms); knowledge pipelines share ``embedder`` (one model
+    load per test session instead of one per worker process)."""
+
+    def __init__(self, settings: Any, rt: Any, embedder: Any = None) -> None:
+        import threading
+
+        from headwater.engine.registry import build_processor
+        from headwater.knowledge.processor import KnowledgeProcessor
+        from headwater.sources.runner import run_source
+
+        self.stop = threading.Event()
+        self.workers = [
+            Worker(
+                pipeline=p.name,
+                topic=p.input,
+                processor=(
+                    KnowledgeProcessor(p, embedder)
+                    if embedder is not None and p.processor == "knowledge"
+                    else build_processor(p)
+                ),
+                log=rt.log,
+                dsn=rt.dsn,
+                options=WorkerOptions(batch_max_events=100, batch_max_ms=5),
+            )
+            for p in settings.all_pipelines()
+        ]
+        self.threads = [
+            threading.Thread(target=run_source, args=(settings, s.name, self.stop), daemon=True)
+            for s in settings.sources
+        ] + [threading.Thread(target=w.run, daemon=True) for w in self.workers]
+        for th in self.threads:
+            th.start()
+
+    def close(self) -> None:
+        """Stop the sources and workers (each finishes its batch) and wait for them."""
+        self.stop.set()
+        for w in self.workers:
+            w.stop()
+        for th in self.threads:
+            th.join(20)

@@ -29,18 +29,14 @@ from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from headwater.config.loader import load_settings
-from headwater.engine.registry import build_processor
 from headwater.engine.runtime import Runtime, bootstrap
-from headwater.engine.worker import Worker, WorkerOptions
-from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.serving.app import create_app
 from headwater.serving.ask import FEEDBACK, AskService
 from headwater.serving.auth import new_key
-from headwater.sources.runner import run_source
 from headwater.storage.embedded import EmbeddedPostgres
 from headwater.testing import free_port
 
-from .conftest import new_database, query
+from .conftest import ThreadedPipelines, new_database, query
 from .test_cdc_postgres import _drop_slots, sql
 from .test_serving_api import embedder  # noqa: F401 (session fixture)
 
@@ -130,28 +126,7 @@ def live(
     settings = load_settings(tmp / "open.toml")
     rt = bootstrap(settings, start=False)
     keyed_rt = bootstrap(load_settings(tmp / "keyed.toml"), start=False)
-    stop = threading.Event()
-    workers = [
-        Worker(
-            pipeline=p.name,
-            topic=p.input,
-            processor=(
-                KnowledgeProcessor(p, embedder)  # type: ignore[arg-type]
-                if p.processor == "knowledge"
-                else build_processor(p)
-            ),
-            log=rt.log,
-            dsn=rt.dsn,
-            options=WorkerOptions(batch_max_events=100, batch_max_ms=5),
-        )
-        for p in settings.all_pipelines()
-    ]
-    threads = [
-        threading.Thread(target=run_source, args=(settings, s.name, stop), daemon=True)
-        for s in settings.sources
-    ] + [threading.Thread(target=w.run, daemon=True) for w in workers]
-    for th in threads:
-        th.start()
+    pipes = ThreadedPipelines(settings, rt, embedder)
     service = AskService(rt, embedder=embedder)
     servers = []
     try:
@@ -166,16 +141,12 @@ def live(
         for _, server, th in servers:
             server.should_exit = True
             th.join(10)
-        stop.set()
-        for w in workers:
-            w.stop()
-        for th in threads:
-            th.join(20)
+        pipes.close()
         service.close()
         keyed_rt.close()
         rt.close()
         _drop_slots(source_db)
-    assert not any(th.is_alive() for th in threads), "a source or worker did not stop"
+    assert not any(th.is_alive() for th in pipes.threads), "a source or worker did not stop"
 
 
 @pytest.fixture(scope="module")

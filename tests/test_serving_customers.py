@@ -8,7 +8,6 @@ the new row (the cached answer built on the old profile is not served)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater.config.loader import load_settings
-from headwater.engine.registry import build_processor
 from headwater.engine.runtime import bootstrap
-from headwater.engine.worker import Worker, WorkerOptions
-from headwater.knowledge.processor import KnowledgeProcessor
 from headwater.serving.app import create_app
 from headwater.serving.ask import AskService
-from headwater.sources.runner import run_source
 from headwater.storage.embedded import EmbeddedPostgres
 
-from .conftest import new_database, query
+from .conftest import ThreadedPipelines, new_database, query
 from .test_cdc_postgres import _drop_slots, sql
 from .test_serving_api import embedder  # noqa: F401 (session fixture)
 
@@ -72,28 +67,7 @@ def client(tmp_path: Path, dsn: str, source_db: str, embedder: Any) -> Iterator[
     )
     settings = load_settings(cfg)
     rt = bootstrap(settings, start=False)
-    stop = threading.Event()
-    workers = [
-        Worker(
-            pipeline=p.name,
-            topic=p.input,
-            processor=(
-                KnowledgeProcessor(p, embedder)  # type: ignore[arg-type]
-                if p.processor == "knowledge"
-                else build_processor(p)
-            ),
-            log=rt.log,
-            dsn=rt.dsn,
-            options=WorkerOptions(batch_max_events=100, batch_max_ms=5),
-        )
-        for p in settings.all_pipelines()
-    ]
-    threads = [
-        threading.Thread(target=run_source, args=(settings, s.name, stop), daemon=True)
-        for s in settings.sources
-    ] + [threading.Thread(target=w.run, daemon=True) for w in workers]
-    for th in threads:
-        th.start()
+    pipes = ThreadedPipelines(settings, rt, embedder)
     service = AskService(rt, embedder=embedder)
     deadline = time.monotonic() + 60
     while (
@@ -105,11 +79,7 @@ def client(tmp_path: Path, dsn: str, source_db: str, embedder: Any) -> Iterator[
     try:
         yield TestClient(create_app(rt, ask_service=service))
     finally:
-        stop.set()
-        for w in workers:
-            w.stop()
-        for th in threads:
-            th.join(20)
+        pipes.close()
         service.close()
         rt.close()
 

@@ -5,7 +5,6 @@ once the replica shows it; with the worker stopped it times out (stale)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,14 +15,11 @@ import pytest
 
 from headwater.config.loader import load_settings
 from headwater.config.model import Settings
-from headwater.engine.registry import build_processor
 from headwater.engine.runtime import Runtime, bootstrap
-from headwater.engine.worker import Worker, WorkerOptions
 from headwater.serving.freshness import dependent_pipelines, wait_fresh
-from headwater.sources.runner import run_source
 from headwater.storage.embedded import EmbeddedPostgres
 
-from .conftest import new_database, query
+from .conftest import ThreadedPipelines, new_database, query
 from .mariadb_server import MariaDB
 from .mariadb_server import mariadb_server as mariadb_server
 from .test_cdc_postgres import _drop_slots, sql
@@ -35,9 +31,7 @@ pytestmark = pytest.mark.timeout(240)
 class Running:
     settings: Settings
     rt: Runtime
-    workers: list[Worker]
-    stop: threading.Event
-    threads: list[threading.Thread]
+    pipes: ThreadedPipelines
 
     def fresh(self, timeout_s: float) -> tuple[bool, float]:
         with psycopg.connect(self.rt.dsn, autocommit=True) as conn:
@@ -52,36 +46,14 @@ class Running:
         return fr.caught_up, fr.waited_ms
 
     def close(self) -> None:
-        self.stop.set()
-        for w in self.workers:
-            w.stop()
-        for th in self.threads:
-            th.join(20)
+        self.pipes.close()
         self.rt.close()
 
 
 def _start(cfg: Path) -> Running:
     settings = load_settings(cfg)
     rt = bootstrap(settings, start=False)
-    stop = threading.Event()
-    workers = [
-        Worker(
-            pipeline=p.name,
-            topic=p.input,
-            processor=build_processor(p),
-            log=rt.log,
-            dsn=rt.dsn,
-            options=WorkerOptions(batch_max_events=100, batch_max_ms=5),
-        )
-        for p in settings.all_pipelines()
-    ]
-    threads = [
-        threading.Thread(target=run_source, args=(settings, s.name, stop), daemon=True)
-        for s in settings.sources
-    ] + [threading.Thread(target=w.run, daemon=True) for w in workers]
-    for th in threads:
-        th.start()
-    return Running(settings, rt, workers, stop, threads)
+    return Running(settings, rt, ThreadedPipelines(settings, rt))
 
 
 @pytest.fixture
@@ -120,7 +92,7 @@ def test_fresh_waits_for_a_postgres_write_and_times_out_when_stalled(
         assert ok and _replica_has(dsn, "crm.items", 3, "edited")
         ok, _ = run.fresh(20)  # nothing new: returns at once
         assert ok
-        for w in run.workers:
+        for w in run.pipes.workers:
             w.stop()
         time.sleep(0.5)
         sql(pg_source, "UPDATE items SET name = 'late' WHERE id = 3")

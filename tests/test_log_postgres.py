@@ -149,6 +149,37 @@ def test_reader_commit_is_transactional_and_fenced(log: PostgresLog, dsn: str) -
     reader.close()
 
 
+def test_an_append_wakes_a_reader_waiting_on_an_idle_topic(log: PostgresLog, dsn: str) -> None:
+    """An idle reader waits for the append's notification instead of polling: the
+    commit ends its wait at once, well before the 0.2 s after which it reads anyway."""
+    log.create_topic(TopicSpec("t", 2))
+    reader = log.reader("g", "t")
+    with psycopg.connect(dsn) as conn:
+        t0 = time.monotonic()
+        assert reader.next_batch(conn, 100, 0) is None
+        assert time.monotonic() - t0 >= 0.19  # nothing came: it waited, no busy loop
+        conn.rollback()
+
+        appended: list[float] = []
+
+        def append_soon() -> None:
+            writer = PostgresLog(dsn)
+            time.sleep(0.05)
+            writer.append("t", [Record(b"k", b"v")])
+            appended.append(time.monotonic())
+            writer.close()
+
+        th = threading.Thread(target=append_soon)
+        th.start()
+        batch = reader.next_batch(conn, 100, 0)
+        woke = time.monotonic()
+        th.join()
+        conn.rollback()
+    reader.close()
+    assert batch is not None and [r.value for r in batch.records] == [b"v"]
+    assert woke - appended[0] < 0.1, f"woke {woke - appended[0]:.3f} s after the append"
+
+
 def test_two_members_of_a_group_split_partitions(log: PostgresLog, dsn: str) -> None:
     log.create_topic(TopicSpec("t", 4))
     a, b = log.reader("g", "t"), log.reader("g", "t")

@@ -11,14 +11,18 @@ Guarantees:
   ``log_partitions`` (in partition order, so appenders never deadlock) until its
   transaction ends. Offsets are therefore assigned and made visible in commit order:
   a reader that saw offset N will never later see a new record below N.
-- **Atomic appends**: a batch is one COPY in one transaction; with ``conn`` it joins
-  the caller's transaction (outputs and dead letters commit with the sink's writes).
+- **Atomic appends**: a batch is written in one transaction; with ``conn`` it joins
+  the caller's open transaction (outputs and dead letters commit with the sink's
+  writes; a failed append leaves that transaction to be rolled back).
 - **Exactly-once consumption into PostgreSQL**: :class:`PostgresBatchReader` locks the
   group's offset rows ``FOR UPDATE SKIP LOCKED`` in the caller's transaction and moves
   them in the same transaction. Two workers can never process one partition at once,
   and a crash rolls back outputs and offsets together.
 - **Sharing**: workers of a group take slots with session advisory locks; partitions
   are spread over the live slots (a dead worker's lock vanishes with its connection).
+- **Wake-up**: an append notifies ``headwater_log_<topic id>`` in its transaction (so
+  at its commit); a reader that caught up LISTENs for it rather than polling, and reads
+  again at least every 0.2 s whatever it heard.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from itertools import count
 
-from psycopg import sql
+from psycopg import pq, sql
 
 from headwater.errors import FencedError, LogError, TopicMismatch, TopicNotFound
 from headwater.log.base import (
@@ -45,21 +50,27 @@ from headwater.log.partitioner import partition_for
 from headwater.log.segment import SegmentFramer, decode_segment, reencode
 
 _COLUMNS = "partition, base_offset, last_offset, record_count, max_ts_ms, payload"
-_RESERVE = (
+_LOCK_AND_RESERVE = (
     "WITH locked AS MATERIALIZED (SELECT partition FROM headwater.log_partitions"
-    " WHERE topic_id = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE)"
+    " WHERE topic_id = %(t)s AND partition = ANY(%(p)s) ORDER BY partition FOR UPDATE)"
     " UPDATE headwater.log_partitions lp SET next_offset = lp.next_offset + v.n"
-    " FROM unnest(%s::int4[], %s::int8[]) AS v(p, n), locked"
-    " WHERE lp.topic_id = %s AND lp.partition = v.p AND locked.partition = v.p"
-    " RETURNING lp.partition, lp.next_offset - v.n"
+    " FROM unnest(%(p)s::int4[], %(n)s::int8[]) AS v(p, n), locked"
+    " WHERE lp.topic_id = %(t)s AND lp.partition = v.p AND locked.partition = v.p"
+    " RETURNING lp.partition, lp.next_offset - v.n AS base, pg_notify(%(channel)s, '')"
 )
-_POLL_S = 0.005
+# Appends of up to this many records reserve and insert in one statement (one round
+# trip); bigger ones COPY their segments after the reservation.
+_SMALL_APPEND_RECORDS = 16
+_IDLE = pq.TransactionStatus.IDLE
+_IDLE_WAIT_S = 0.2
 _MEMBERSHIP_REFRESH_S = 0.5
 _MAX_SLOTS = 256
 
 
 class _Topic:
     __slots__ = (
+        "append_stmt",
+        "channel",
         "compacted",
         "copy_stmt",
         "id",
@@ -76,8 +87,17 @@ class _Topic:
         self.partitions = partitions
         self.compacted = compacted
         self.table = sql.Identifier("headwater_log", f"t_{id}")
+        # Appends notify it at commit; readers LISTEN instead of polling an idle topic.
+        self.channel = f"headwater_log_{id}"
         # Rendered once: composing SQL costs ~0.4 ms per call.
         self.copy_stmt = f"COPY headwater_log.t_{id} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+        self.append_stmt = (
+            f"WITH r AS ({_LOCK_AND_RESERVE}) INSERT INTO headwater_log.t_{id} ({_COLUMNS})"
+            " SELECT r.partition, r.base, r.base + s.n - 1, s.n, s.ts, s.payload"
+            " FROM r JOIN unnest(%(p)s::int4[], %(n)s::int8[], %(ts)s::int8[],"
+            " %(payloads)s::bytea[]) AS s(p, n, ts, payload) ON s.p = r.partition"
+            " RETURNING partition, base_offset"
+        )
         self.read_stmt = (
             "SELECT s.partition, s.base_offset, s.record_count, s.payload"
             " FROM unnest(%s::int4[], %s::int8[]) AS c(p, o) CROSS JOIN LATERAL"
@@ -215,18 +235,25 @@ class PostgresLog:
             for r in records
         ]
         used = sorted(framer.counts)
+        args = {"t": t.id, "p": used, "n": [framer.counts[p] for p in used], "channel": t.channel}
         c = conn if conn is not None else self._conn
-        with c.transaction():
-            # One round trip: lock the partition rows in partition order (appenders never
-            # deadlock), reserve the offsets, return where this batch starts.
-            rows = c.execute(
-                _RESERVE,
-                (t.id, used, used, [framer.counts[p] for p in used], t.id),
-                prepare=True,
-            ).fetchall()
-            bases = dict(rows)
-            with c.cursor().copy(t.copy_stmt) as cp:
-                cp.write(encode_segment_rows(framer.segments(bases)))
+        # In the caller's open transaction: no savepoint of its own (two round trips).
+        own = c.transaction() if c.info.transaction_status == _IDLE else nullcontext()
+        # A pipeline cannot COPY: there every append is the one statement.
+        piped = c.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        with own:
+            # Partition rows are locked in partition order (appenders never deadlock),
+            # offsets reserved, the notification queued for the commit.
+            if len(records) <= _SMALL_APPEND_RECORDS or piped:
+                segs = framer.segments(dict.fromkeys(used, 0))
+                args.update(ts=[s[4] for s in segs], payloads=[s[5] for s in segs])
+                rows = c.execute(t.append_stmt, args, prepare=True).fetchall()
+                bases = dict(rows)
+            else:
+                rows = c.execute(_LOCK_AND_RESERVE, args, prepare=True).fetchall()
+                bases = {p: base for p, base, _ in rows}
+                with c.cursor().copy(t.copy_stmt) as cp:
+                    cp.write(encode_segment_rows(framer.segments(bases)))
         return [(p, bases[p] + i) for p, i in placed]
 
     # -- read --------------------------------------------------------------------------
@@ -373,6 +400,7 @@ class PostgresBatchReader:
         self._slot = self._take_slot()
         self._assigned: list[int] = []
         self._refreshed = 0.0
+        self._session.execute(f"LISTEN {self._t.channel}")
         self._session.execute(
             "INSERT INTO headwater.consumer_offsets (group_name, topic, partition)"
             " SELECT %s, %s, generate_series(0, %s - 1) ON CONFLICT DO NOTHING",
@@ -408,7 +436,9 @@ class PostgresBatchReader:
     def next_batch(self, conn: Conn, max_events: int, max_wait_ms: int) -> Batch | None:
         """Claim this member's free partitions (row locks in ``conn``'s transaction)
         and read up to ``max_events`` records; linger up to ``max_wait_ms`` after the
-        first record for the batch to fill. None when nothing is claimable or new."""
+        first record for the batch to fill. None when nothing is claimable, or nothing
+        new arrived within about 0.2 s (an append's notification ends the wait at once).
+        """
         parts = self.assigned()
         claimed = conn.execute(
             "SELECT partition, next_offset FROM headwater.consumer_offsets"
@@ -422,7 +452,8 @@ class PostgresBatchReader:
         pos = dict(start)
         records: list[LogRecord] = []
         deadline: float | None = None
-        idle_deadline = time.monotonic() + max(max_wait_ms, 50) / 1000
+        idle_deadline = time.monotonic() + max(max_wait_ms / 1000, _IDLE_WAIT_S)
+        self._wait_for_append(0)  # what was notified so far, the next read sees
         while True:
             got = _read(conn, self._t, pos, max_events - len(records))
             if got:
@@ -434,14 +465,24 @@ class PostgresBatchReader:
             now = time.monotonic()
             if len(records) >= max_events:
                 break
-            if deadline is not None and now >= deadline:
+            until = idle_deadline if deadline is None else deadline
+            if now >= until:
                 break
-            if deadline is None and now >= idle_deadline:
-                break
-            time.sleep(_POLL_S)
+            self._wait_for_append(until - now)
         if not records:
             return None
         return Batch(self.topic, records, start)
+
+    def _wait_for_append(self, timeout_s: float) -> None:
+        """Return once an append to this topic committed (its notification), or
+        after ``timeout_s``; with 0, only drain the notifications already received.
+        A notification is a hint: the caller reads again either way."""
+        if timeout_s <= 0:
+            for _ in self._session.notifies(timeout=0):
+                pass
+            return
+        for _ in self._session.notifies(timeout=timeout_s, stop_after=1):
+            pass
 
     def commit(
         self, conn: Conn, batch: Batch, positions: Mapping[int, str | None] | None = None
@@ -451,12 +492,12 @@ class PostgresBatchReader:
             ends[r.partition] = r.offset + 1
         parts = sorted(ends)
         pos = [(positions or {}).get(p) for p in parts]
-        cur = conn.execute(
+        moved = conn.execute(
             "UPDATE headwater.consumer_offsets c SET next_offset = v.n,"
             " position = coalesce(v.pos, c.position), updated_at = now()"
             " FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::text[]) AS v(p, s, n, pos)"
             " WHERE c.group_name = %s AND c.topic = %s AND c.partition = v.p"
-            " AND c.next_offset = v.s",
+            " AND c.next_offset = v.s RETURNING c.partition",
             (
                 parts,
                 [batch.start_offsets[p] for p in parts],
@@ -465,8 +506,8 @@ class PostgresBatchReader:
                 self.group,
                 self.topic,
             ),
-        )
-        if cur.rowcount != len(parts):
+        ).fetchall()  # (rows, not rowcount: this also works in a pipeline)
+        if len(moved) != len(parts):
             raise FencedError(
                 f"offsets of group {self.group!r} on {self.topic!r} moved during the batch"
             )

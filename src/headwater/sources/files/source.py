@@ -75,6 +75,8 @@ class FileSource:
         self.manifest: dict[str, Entry] = {}
         self.seq = 0
         self.published = 0
+        self._conn: Conn | None = None
+        self._state = SourceState(cfg.name, "files")
 
     # -- running ------------------------------------------------------------------
 
@@ -88,22 +90,33 @@ class FileSource:
 
         self._require_root()
         self.load()
-        self.reconcile()
-        next_full = time.monotonic() + self.cfg.reconcile_interval_s
-        for changes in watchfiles.watch(
-            self.root,
-            stop_event=stop,
-            debounce=200,
-            step=5,
-            rust_timeout=int(min(self.cfg.reconcile_interval_s, 1.0) * 1000),
-            yield_on_timeout=True,
-            raise_interrupt=False,
-        ):
-            if changes:
-                self.reconcile_paths(Path(p) for _, p in changes)
-            if time.monotonic() >= next_full:
-                self.reconcile()
-                next_full = time.monotonic() + self.cfg.reconcile_interval_s
+        try:
+            self.reconcile()
+            next_full = time.monotonic() + self.cfg.reconcile_interval_s
+            # step: a change is yielded once no other came for 2 ms (about 3 ms after
+            # the write, for 1% of a core while idle); debounce caps a burst at 200 ms.
+            for changes in watchfiles.watch(
+                self.root,
+                stop_event=stop,
+                debounce=200,
+                step=2,
+                rust_timeout=int(min(self.cfg.reconcile_interval_s, 1.0) * 1000),
+                yield_on_timeout=True,
+                raise_interrupt=False,
+            ):
+                if changes:
+                    self.reconcile_paths(Path(p) for _, p in changes)
+                if time.monotonic() >= next_full:
+                    self.reconcile()
+                    next_full = time.monotonic() + self.cfg.reconcile_interval_s
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection publishing uses (a later publish opens another)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def load(self) -> None:
         """Read the manifest and the version counter from PostgreSQL."""
@@ -116,6 +129,8 @@ class FileSource:
             st = load_state(conn, self.cfg.name)
         self.manifest = {r[0]: Entry(r[1], r[2], r[3], r[4]) for r in rows}
         self.seq = int(st.position) if st and st.position else 0
+        if st is not None:
+            self._state = st
 
     def _require_root(self) -> None:
         """Refuse to go on without the folder: a folder that vanished (an unmounted
@@ -268,14 +283,16 @@ class FileSource:
         if not changes:
             return 0
         records = [c.record for c in changes if c.record is not None]
-        with connect(self.dsn) as conn:
-            with conn.transaction():
-                if records and self.log.backend == "postgres":
-                    self.log.append(self.cfg.topic, records, conn=conn)
-                elif records:
-                    self.log.append(self.cfg.topic, records)
-                self._write_manifest(conn, changes)
-            conn.commit()
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.dsn, autocommit=True)
+        conn = self._conn
+        # pipelined: the statements go out together, two round trips in all
+        with conn.pipeline(), conn.transaction():
+            if records and self.log.backend == "postgres":
+                self.log.append(self.cfg.topic, records, conn=conn)
+            elif records:
+                self.log.append(self.cfg.topic, records)
+            self._write_manifest(conn, changes)
         for c in changes:
             if c.entry is None:
                 self.manifest.pop(c.path, None)
@@ -311,10 +328,9 @@ class FileSource:
                     [c.entry.version for c in kept if c.entry],
                 ),
             )
-        st = load_state(conn, self.cfg.name) or SourceState(self.cfg.name, "files")
-        st.position = str(self.seq)
-        st.snapshot_done = True
-        save_state(conn, st)
+        self._state.position = str(self.seq)
+        self._state.snapshot_done = True
+        save_state(conn, self._state)
 
 
 def _size(changes: list[_Change]) -> int:

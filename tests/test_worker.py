@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Sequence
 
 import pytest
 
+from headwater.engine.processor import Processor
 from headwater.engine.worker import Worker, WorkerOptions
-from headwater.log.base import Record, TopicSpec, dlq_topic
+from headwater.log.base import Conn, LogRecord, Record, TopicSpec, dlq_topic
 from headwater.log.postgres import PostgresLog
 from headwater.sinks.table import TableSink
 
@@ -94,3 +98,38 @@ def test_watermark_is_the_last_applied_position(log: PostgresLog, dsn: str) -> N
     log.append("in", [Record(b"k", b"{}", {"position": f"0/{i:X}"}) for i in range(1, 11)])
     _worker(log, dsn, TableSink("copy")).run(until_idle=True)
     assert query(dsn, "SELECT position FROM headwater.consumer_offsets") == [("0/A",)]
+
+
+class _CheckThenCreate(Processor):
+    """A setup that races when two run at once: look, wait, create (no IF NOT EXISTS)."""
+
+    def setup(self, conn: Conn) -> None:
+        exists = conn.execute("SELECT to_regclass('raced') IS NOT NULL").fetchone()
+        time.sleep(0.3)
+        if not (exists and exists[0]):
+            conn.execute("CREATE TABLE raced (k text)")
+
+    def process(self, conn: Conn, records: Sequence[LogRecord]) -> None:
+        pass
+
+
+def test_setups_of_one_pipeline_run_one_at_a_time(dsn: str) -> None:
+    PostgresLog(dsn).create_topic(TopicSpec("in", 2))
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        lg = PostgresLog(dsn)
+        try:
+            _worker(lg, dsn, _CheckThenCreate()).run(max_batches=0)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            lg.close()
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert query(dsn, "SELECT count(*) FROM pg_class WHERE relname = 'raced'") == [(1,)]

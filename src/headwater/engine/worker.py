@@ -5,9 +5,11 @@ connection (numbered, as everything else relies on this order):
 
 1. ``reader.next_batch`` claims partitions (postgres: row locks on the offsets) and
    reads up to ``batch_max_events`` records, lingering ``batch_max_ms`` to fill.
-2. The processor writes its outputs (in a savepoint). If it raises, the batch is
-   bisected under savepoints until the failing record is alone; that record goes to
-   the dead-letter topic with its error and origin (topic, partition, offset).
+2. The processor writes its outputs. If it raises, the transaction is rolled back and
+   the batch read again and processed under savepoints, bisected until the failing
+   record is alone; that record goes to the dead-letter topic with its error and
+   origin (topic, partition, offset). (Savepoints cost two round trips a batch, so
+   only a batch that failed once pays for them.)
 3. Per-partition counters are updated.
 4. ``reader.commit`` moves the offsets (and the watermark positions); it raises
    :class:`FencedError` if another worker moved them (the transaction rolls back).
@@ -54,6 +56,10 @@ _TRANSIENT = (
 )
 
 
+class _RetryCarefully(Exception):
+    """The processor failed on a batch processed without savepoints."""
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     batch_max_events: int = 1000
@@ -94,6 +100,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._dlq = dlq_topic(pipeline)
         self._pending_dlq: list[Record] = []
+        self._careful = False  # the next batch is processed under savepoints
 
     def run(self, *, max_batches: int | None = None, until_idle: bool = False) -> WorkerStats:
         """Process batches until stopped (or ``max_batches``, or the first empty poll
@@ -102,6 +109,13 @@ class Worker:
         reader = self.log.reader(self.pipeline, self.topic)
         try:
             with conn.transaction():
+                # workers of one pipeline start together: their CREATE ... IF NOT EXISTS
+                # would race on the catalog (a unique violation), so setups run one at a
+                # time (a one-key lock: two-key advisory locks are the log's member slots)
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f"headwater setup {self.pipeline}",),
+                )
                 self.processor.setup(conn)
             backoff = self.options.retry_initial_ms
             while not self.stop_event.is_set():
@@ -110,6 +124,10 @@ class Worker:
                 try:
                     done = self._one_batch(conn, reader)
                     backoff = self.options.retry_initial_ms
+                except _RetryCarefully:
+                    reader.after_rollback()
+                    self._careful = True
+                    continue
                 except FencedError as exc:
                     self.stats.fenced += 1
                     log.info("%s: %s; re-reading", self.pipeline, exc)
@@ -170,31 +188,56 @@ class Worker:
                 else:
                     self.log.append(self._dlq, self._pending_dlq)
             parts = sorted(per_part)
-            conn.execute(
-                "INSERT INTO headwater.pipeline_stats AS s"
-                " (pipeline, partition, events, dead_letters, last_batch_at)"
-                " SELECT %s, p, e, d, now() FROM unnest(%s::int4[], %s::int8[], %s::int8[])"
-                " AS v(p, e, d) ON CONFLICT (pipeline, partition) DO UPDATE SET"
-                " events = s.events + excluded.events,"
-                " dead_letters = s.dead_letters + excluded.dead_letters,"
-                " last_batch_at = excluded.last_batch_at",
-                (
-                    self.pipeline,
-                    parts,
-                    [per_part[p] for p in parts],
-                    [dead[p] for p in parts],
-                ),
-            )
-            rd.commit(conn, batch, positions)
+            # counters and offsets in one round trip where the offsets live in the log's
+            # own tables (the kafka reader's commit reads row counts between statements)
+            piped = conn.pipeline() if self.log.backend == "postgres" else contextlib.nullcontext()
+            with piped:
+                self._count(conn, parts, per_part, dead)
+                rd.commit(conn, batch, positions)
         rd.after_commit(batch)
+        self._careful = False
         self.stats.batches += 1
         self.stats.events += len(batch.records)
         self.stats.dead_letters += len(self._pending_dlq)
         return True
 
+    def _count(
+        self, conn: Conn, parts: list[int], per_part: Counter[int], dead: Counter[int]
+    ) -> None:
+        """Add a batch's events and dead letters to ``headwater.pipeline_stats``."""
+        conn.execute(
+            "INSERT INTO headwater.pipeline_stats AS s"
+            " (pipeline, partition, events, dead_letters, last_batch_at)"
+            " SELECT %s, p, e, d, now() FROM unnest(%s::int4[], %s::int8[], %s::int8[])"
+            " AS v(p, e, d) ON CONFLICT (pipeline, partition) DO UPDATE SET"
+            " events = s.events + excluded.events,"
+            " dead_letters = s.dead_letters + excluded.dead_letters,"
+            " last_batch_at = excluded.last_batch_at",
+            (
+                self.pipeline,
+                parts,
+                [per_part[p] for p in parts],
+                [dead[p] for p in parts],
+            ),
+        )
+
     def _apply(self, conn: Conn, records: Sequence[LogRecord]) -> None:
-        """Process ``records`` in a savepoint; on a non-transient error bisect until
-        the failing record is alone and dead-letter it. Order is preserved."""
+        """Process ``records``. Careful mode: in a savepoint; on a non-transient error
+        bisect until the failing record is alone and dead-letter it (order is kept).
+        Otherwise without a savepoint: an error rolls the batch back to be read again
+        and processed carefully.
+
+        Raises:
+            _RetryCarefully: not careful, and the processor failed.
+        """
+        if not self._careful:
+            try:
+                self.processor.process(conn, records)
+            except _TRANSIENT:
+                raise
+            except Exception as exc:
+                raise _RetryCarefully from exc
+            return
         try:
             with conn.transaction():
                 self.processor.process(conn, records)

@@ -16,7 +16,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from headwater.knowledge.chunking import Chunk
-from headwater.knowledge.embedder import Embedder
+from headwater.knowledge.embedder import Embedder, vector_literal
 from headwater.log.base import Conn
 
 
@@ -51,33 +51,45 @@ def delete_documents(conn: Conn, doc_ids: Sequence[str]) -> int:
     return cur.rowcount
 
 
-def _vector_literal(v: Any) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in v.tolist()) + "]"
-
-
-def ensure_embeddings(conn: Conn, embedder: Embedder, chunks: Sequence[Chunk]) -> tuple[int, int]:
-    """Make sure the cache holds a vector for every chunk; returns (computed, cached)."""
-    wanted: dict[str, str] = {c.text_hash: c.embed_text for c in chunks}
+def _missing_embeddings(
+    embedder: Embedder, chunks: Sequence[Chunk], cached: set[str]
+) -> dict[str, str]:
+    """Vectors (as pgvector literals) computed now for the chunks whose text hash is
+    not ``cached``."""
+    wanted = {c.text_hash: c.embed_text for c in chunks if c.text_hash not in cached}
     if not wanted:
-        return 0, 0
-    have = {
-        r[0]
-        for r in conn.execute(
-            "SELECT text_hash FROM headwater_kb.embedding_cache"
-            " WHERE model = %s AND text_hash = ANY(%s)",
-            (embedder.model, list(wanted)),
-        )
-    }
-    missing = [h for h in wanted if h not in have]
-    if missing:
-        vecs = embedder.embed([wanted[h] for h in missing])
-        conn.execute(
-            "INSERT INTO headwater_kb.embedding_cache (model, text_hash, embedding)"
-            " SELECT %s, h, e::vector FROM unnest(%s::text[], %s::text[]) AS u(h, e)"
-            " ON CONFLICT DO NOTHING",
-            (embedder.model, missing, [_vector_literal(v) for v in vecs]),
-        )
-    return len(missing), len(have)
+        return {}
+    vecs = embedder.embed(list(wanted.values()))
+    return {h: vector_literal(v) for h, v in zip(wanted, vecs, strict=True)}
+
+
+# One statement (one round trip): new vectors into the cache, the documents upserted,
+# the new chunks inserted with their vector (computed now, else from the cache).
+_WRITE = (
+    "WITH cache AS (INSERT INTO headwater_kb.embedding_cache (model, text_hash, embedding)"
+    " SELECT %(model)s, h, e::vector FROM unnest(%(new_h)s::text[], %(new_e)s::text[])"
+    " AS u(h, e) ON CONFLICT DO NOTHING),"
+    " docs AS (INSERT INTO headwater_kb.documents AS t (doc_id, source, uri, title, version,"
+    " content_hash, position, metadata)"
+    " SELECT * FROM unnest(%(d_id)s::text[], %(d_source)s::text[], %(d_uri)s::text[],"
+    " %(d_title)s::text[], %(d_version)s::int8[], %(d_hash)s::text[], %(d_pos)s::text[],"
+    " %(d_meta)s::jsonb[])"
+    " ON CONFLICT (doc_id) DO UPDATE SET source = excluded.source, uri = excluded.uri,"
+    " title = excluded.title, version = excluded.version,"
+    " content_hash = excluded.content_hash, position = excluded.position,"
+    " metadata = excluded.metadata, updated_at = now())"
+    " INSERT INTO headwater_kb.chunks AS t (chunk_id, doc_id, version, ordinal, text,"
+    " headings, metadata, embedding, tsv, text_hash, model)"
+    " SELECT u.id, u.doc, u.v, u.o, u.txt, ARRAY(SELECT jsonb_array_elements_text(u.h)),"
+    " u.m, coalesce(u.e::vector, e.embedding), to_tsvector('english', u.et), u.th, %(model)s"
+    " FROM unnest(%(c_id)s::text[], %(c_doc)s::text[], %(c_version)s::int8[],"
+    " %(c_ordinal)s::int4[], %(c_text)s::text[], %(c_headings)s::jsonb[],"
+    " %(c_meta)s::jsonb[], %(c_embed_text)s::text[], %(c_hash)s::text[], %(c_vec)s::text[])"
+    " AS u(id, doc, v, o, txt, h, m, et, th, e)"
+    " LEFT JOIN headwater_kb.embedding_cache e ON e.model = %(model)s AND e.text_hash = u.th"
+    " ON CONFLICT (chunk_id) DO UPDATE SET version = excluded.version,"
+    " ordinal = excluded.ordinal, updated_at = now()"
+)
 
 
 def apply_documents(conn: Conn, embedder: Embedder, docs: Sequence[DocumentUpsert]) -> IndexStats:
@@ -86,11 +98,21 @@ def apply_documents(conn: Conn, embedder: Embedder, docs: Sequence[DocumentUpser
     if not docs:
         return stats
     doc_ids = [d.doc_id for d in docs]
-    existing: dict[str, set[str]] = {}
-    for chunk_id, doc_id in conn.execute(
-        "SELECT chunk_id, doc_id FROM headwater_kb.chunks WHERE doc_id = ANY(%s)", (doc_ids,)
-    ):
-        existing.setdefault(doc_id, set()).add(chunk_id)
+    hashes = list({c.text_hash for d in docs for c in d.chunks})
+    with conn.pipeline():  # both lookups in one round trip
+        rows = conn.execute(
+            "SELECT chunk_id, doc_id FROM headwater_kb.chunks WHERE doc_id = ANY(%s)",
+            (doc_ids,),
+        )
+        hits = conn.execute(
+            "SELECT text_hash FROM headwater_kb.embedding_cache"
+            " WHERE model = %s AND text_hash = ANY(%s)",
+            (embedder.model, hashes),
+        )
+        existing: dict[str, set[str]] = {}
+        for chunk_id, doc_id in rows.fetchall():
+            existing.setdefault(doc_id, set()).add(chunk_id)
+        cached = {r[0] for r in hits.fetchall()}
     stale: list[str] = []
     kept: list[tuple[str, int, int]] = []
     fresh: list[tuple[DocumentUpsert, Chunk]] = []
@@ -112,52 +134,34 @@ def apply_documents(conn: Conn, embedder: Embedder, docs: Sequence[DocumentUpser
             " WHERE c.chunk_id = u.id",
             ([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]),
         )
-    stats.embedded, stats.cached = ensure_embeddings(conn, embedder, [c for _, c in fresh])
-    if fresh:
-        conn.execute(
-            "INSERT INTO headwater_kb.chunks AS t (chunk_id, doc_id, version, ordinal, text,"
-            " headings, metadata, embedding, tsv, text_hash, model)"
-            " SELECT u.id, u.doc, u.v, u.o, u.txt, ARRAY(SELECT jsonb_array_elements_text(u.h)),"
-            " u.m, e.embedding, to_tsvector('english', u.et), u.th, %s"
-            " FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int4[], %s::text[],"
-            " %s::jsonb[], %s::jsonb[], %s::text[], %s::text[])"
-            " AS u(id, doc, v, o, txt, h, m, et, th)"
-            " JOIN headwater_kb.embedding_cache e ON e.model = %s AND e.text_hash = u.th"
-            " ON CONFLICT (chunk_id) DO UPDATE SET version = excluded.version,"
-            " ordinal = excluded.ordinal, updated_at = now()",
-            (
-                embedder.model,
-                [c.chunk_id for _, c in fresh],
-                [d.doc_id for d, _ in fresh],
-                [d.version for d, _ in fresh],
-                [c.ordinal for _, c in fresh],
-                [c.text for _, c in fresh],
-                [Jsonb(list(c.headings)) for _, c in fresh],
-                [Jsonb(d.metadata) for d, _ in fresh],
-                [c.embed_text for _, c in fresh],
-                [c.text_hash for _, c in fresh],
-                embedder.model,
-            ),
-        )
+    new = _missing_embeddings(embedder, [c for _, c in fresh], cached)
+    stats.embedded = len(new)
+    stats.cached = len({c.text_hash for _, c in fresh} - set(new))
     conn.execute(
-        "INSERT INTO headwater_kb.documents AS t (doc_id, source, uri, title, version,"
-        " content_hash, position, metadata)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],"
-        " %s::text[], %s::text[], %s::jsonb[])"
-        " ON CONFLICT (doc_id) DO UPDATE SET source = excluded.source, uri = excluded.uri,"
-        " title = excluded.title, version = excluded.version,"
-        " content_hash = excluded.content_hash, position = excluded.position,"
-        " metadata = excluded.metadata, updated_at = now()",
-        (
-            doc_ids,
-            [d.source for d in docs],
-            [d.uri for d in docs],
-            [d.title for d in docs],
-            [d.version for d in docs],
-            [d.content_hash for d in docs],
-            [d.position for d in docs],
-            [Jsonb(d.metadata) for d in docs],
-        ),
+        _WRITE,
+        {
+            "model": embedder.model,
+            "new_h": list(new),
+            "new_e": list(new.values()),
+            "d_id": doc_ids,
+            "d_source": [d.source for d in docs],
+            "d_uri": [d.uri for d in docs],
+            "d_title": [d.title for d in docs],
+            "d_version": [d.version for d in docs],
+            "d_hash": [d.content_hash for d in docs],
+            "d_pos": [d.position for d in docs],
+            "d_meta": [Jsonb(d.metadata) for d in docs],
+            "c_id": [c.chunk_id for _, c in fresh],
+            "c_doc": [d.doc_id for d, _ in fresh],
+            "c_version": [d.version for d, _ in fresh],
+            "c_ordinal": [c.ordinal for _, c in fresh],
+            "c_text": [c.text for _, c in fresh],
+            "c_headings": [Jsonb(list(c.headings)) for _, c in fresh],
+            "c_meta": [Jsonb(d.metadata) for d, _ in fresh],
+            "c_embed_text": [c.embed_text for _, c in fresh],
+            "c_hash": [c.text_hash for _, c in fresh],
+            "c_vec": [new.get(c.text_hash) for _, c in fresh],
+        },
     )
     stats.kept, stats.inserted, stats.deleted = len(kept), len(fresh), len(stale)
     return stats

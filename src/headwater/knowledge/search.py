@@ -3,7 +3,8 @@ full text, fused by reciprocal rank (RRF, k = 60).
 
 Each side returns its best ``candidates`` chunks that pass the filters; a chunk's
 score is the sum of 1 / (60 + rank) over the sides that found it. Full text matches
-any of the query's words (OR of the stemmed lexemes), ranked by ``ts_rank_cd``.
+any of the query's words (OR of the stemmed lexemes), ranked by ``ts_rank_cd`` (ties
+by chunk id, so the ranking does not depend on the plan).
 
 Filters: ``source``, ``doc_id``, ``uri`` match those columns; any other key matches
 the document's or the chunk's metadata value (as text).
@@ -15,10 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.knowledge.embedder import Embedder
+from psycopg import pq
+
+from headwater.knowledge.embedder import Embedder, vector_literal
 from headwater.log.base import Conn
 
 _RRF_K = 60
+_EF_SEARCH_DEFAULT = 40
+_IDLE = pq.TransactionStatus.IDLE
 _COLUMNS = {"source": "d.source", "doc_id": "d.doc_id", "uri": "d.uri"}
 
 
@@ -61,13 +66,20 @@ def search(
     if not query.strip() or k <= 0:
         return []
     vec = embedder.embed([query])[0]
-    qvec = "[" + ",".join(f"{x:.7g}" for x in vec.tolist()) + "]"
+    qvec = vector_literal(vec)
     where, params = _filters(filters or {})
     n = max(candidates, k)
-    with conn.transaction():
-        conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, n):d}")
-        if where != "TRUE":
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    settings = []
+    if n > _EF_SEARCH_DEFAULT:  # the HNSW scan must be able to return n candidates
+        settings.append(f"SET LOCAL hnsw.ef_search = {n:d}")
+    if where != "TRUE":  # filters drop candidates: let the scan go on until n pass
+        settings.append("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    if settings or (not conn.autocommit and conn.info.transaction_status == _IDLE):
+        with conn.transaction():
+            for stmt in settings:
+                conn.execute(stmt.encode())
+            rows = _query(conn, where, params, qvec, n, query, k)
+    else:  # one round trip: an autocommit statement, or inside the caller's transaction
         rows = _query(conn, where, params, qvec, n, query, k)
     return [
         SearchHit(r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], tuple(r[7]), r[8]) for r in rows
@@ -85,22 +97,24 @@ def _query(
                 WHERE {where} AND c.embedding IS NOT NULL
                 ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s) c
         ), t AS (
-            SELECT c.chunk_id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC) AS r
+            SELECT c.chunk_id,
+                   row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id) AS r
             FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id),
                  (SELECT replace(plainto_tsquery('english', %(text)s)::text, '&', '|')
                      AS s) s0,
                  LATERAL (SELECT CASE WHEN s0.s = '' THEN NULL ELSE s0.s::tsquery END AS tq) q
             WHERE {where} AND q.tq IS NOT NULL AND c.tsv @@ q.tq
-            ORDER BY ts_rank_cd(c.tsv, q.tq) DESC LIMIT %(n)s
+            ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id LIMIT %(n)s
         ), fused AS (
             SELECT chunk_id, sum(1.0 / ({_RRF_K} + r)) AS score
             FROM (SELECT * FROM v UNION ALL SELECT * FROM t) x GROUP BY chunk_id
+            ORDER BY score DESC, chunk_id LIMIT %(k)s
         )
         SELECT d.doc_id, d.uri, c.chunk_id, c.version, f.score, c.text, d.title, c.headings,
                d.source
         FROM fused f JOIN headwater_kb.chunks c USING (chunk_id)
         JOIN headwater_kb.documents d ON d.doc_id = c.doc_id
-        ORDER BY f.score DESC, c.chunk_id LIMIT %(k)s
+        ORDER BY f.score DESC, c.chunk_id
     """
     params.update({"q": qvec, "n": n, "text": query, "k": k})
     return conn.execute(sql.encode(), params).fetchall()

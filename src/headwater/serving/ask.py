@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from headwater.engine.runtime import Runtime
 from headwater.errors import HeadwaterError
+from headwater.knowledge.embedder import vector_literal
 from headwater.log.base import Conn, Record
 from headwater.serving import cache, freshness
 from headwater.serving.auth import Principal
@@ -409,7 +410,7 @@ class AskService:
                     "SELECT c.chunk_id, c.version, 1 - (c.embedding <=> %s::vector),"
                     " d.version FROM headwater_kb.chunks c JOIN headwater_kb.documents d"
                     " ON d.doc_id = c.doc_id WHERE c.chunk_id = ANY(%s)",
-                    (cache.vector_literal(vec), [h.chunk_id for h in hits]),
+                    (vector_literal(vec), [h.chunk_id for h in hits]),
                 ).fetchall()
                 meta = {r[0]: (int(r[1]), float(r[2] or 0.0), int(r[3])) for r in rows}
         passages = [

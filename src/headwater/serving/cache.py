@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import psycopg.errors
 
+from headwater.knowledge.embedder import vector_literal
 from headwater.log.base import Conn
 
 if TYPE_CHECKING:  # numpy is imported where used: the server starts without it
@@ -55,10 +56,6 @@ class Hit:
     similarity: float
     question: str
     response: dict[str, Any]
-
-
-def vector_literal(v: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in v.tolist()) + "]"
 
 
 def lookup(

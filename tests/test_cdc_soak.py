@@ -127,11 +127,25 @@ def soak(
                     differ = sum(1 for i in set(want) & set(got) if want[i] != got[i])
                     pytest.fail(f"{t}: {missing} missing, {extra} extra, {differ} differ")
                 time.sleep(0.5)
+        _wait_for_workers(dsn, proc)  # caught up before it started: stop a running up
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
     left = subprocess.run(["pgrep", "-f", str(cfg)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left behind: {left.stdout}"
+
+
+def _wait_for_workers(dsn: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``up`` runs its workers (a SIGTERM while Python still starts is the default
+    action, not the graceful stop under test)."""
+    deadline = time.monotonic() + 60
+    while not query(
+        dsn,
+        "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'headwater-worker:%%'",
+    ):
+        assert proc.poll() is None, "headwater up died"
+        assert time.monotonic() < deadline, "headwater up started no worker in 60 s"
+        time.sleep(0.2)
 
 
 def _replica_rows(dsn: str, table: str) -> dict[int, tuple[Any, ...]]:

@@ -65,16 +65,15 @@ def crash_and_verify(
     events = _events()
     half = N_EVENTS // 2
     append(events[:half])  # type: ignore[operator]
-    producer = threading.Thread(
-        target=lambda: [
-            append(events[i : i + 5000])  # type: ignore[operator]
-            for i in range(half, N_EVENTS, 5000)
-        ]
-    )
+    # The other half arrives in slices, one appended during each run: however fast the
+    # worker copies, there is always more to copy, so the kills land mid-stream.
+    step = -(-(N_EVENTS - half) // N_KILLS)
     rng = random.Random(7)
     mid_stream = 0
-    producer.start()
-    for _ in range(N_KILLS):
+    for k in range(N_KILLS):
+        start = half + k * step
+        producer = threading.Thread(target=append, args=(events[start : start + step],))
+        producer.start()
         proc = _start_worker(cfg, pipeline)
         # Kill at a random moment once this run is copying (a group join can take
         # seconds on Kafka), so the kills land mid-stream, mid-batch or mid-commit.
@@ -84,8 +83,8 @@ def crash_and_verify(
         time.sleep(rng.uniform(*run_s))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        producer.join()
         mid_stream += 0 < _count(dsn) < N_EVENTS
-    producer.join()
     assert mid_stream >= 5, "kills should land while the worker is copying"
     # Final run to completion, then a graceful stop.
     proc = _start_worker(cfg, pipeline)
@@ -191,6 +190,7 @@ def test_per_key_order_with_two_workers_across_three_partitions(dsn: str) -> Non
         " WHERE datname = current_database())"
     )
     while query(dsn, members)[0][0] < 2:  # both joined the group
+        assert all(w.is_alive() for w in workers), "a worker died before joining"
         assert time.monotonic() < deadline, "the workers did not join"
         time.sleep(0.05)
     time.sleep(1.5)  # membership refresh (every 0.5 s): partitions spread over both

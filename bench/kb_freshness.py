@@ -68,6 +68,10 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Every system measured (each peer's process and `headwater up` inherit this) and the
+# probe itself wait passively at OpenMP barriers, as Headwater's processes do by
+# default: the probe's query embedding must not starve the system under test.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import psycopg
 
@@ -187,6 +191,7 @@ def main() -> None:
         src = FileSource(src_cfg, rt.log, dsn)  # type: ignore[arg-type]
         src.load()
         published = src.reconcile()
+        src.close()
         pipeline = settings.all_pipelines()[0]
         assert isinstance(pipeline, KnowledgePipeline)
         proc = KnowledgeProcessor(pipeline, embedder)

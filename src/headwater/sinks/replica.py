@@ -182,6 +182,9 @@ class _Shape:
     key: list[str] = field(default_factory=list)
 
 
+_NO_COLUMNS: frozenset[str] = frozenset()
+
+
 def _parse(r: LogRecord, positions: dict[Any, int | None]) -> _Change | _Truncate | None:
     """One record as a change; ``positions`` caches :func:`position_key` (the rows of
     one transaction share their position)."""
@@ -215,10 +218,13 @@ def _parse(r: LogRecord, positions: dict[Any, int | None]) -> _Change | _Truncat
         after = ev.get("after")
         if not isinstance(after, dict):
             raise ProcessingError(f"op {op!r} without an 'after' row")
-        toast = ev.get("unchanged_toast") or []
-        if not isinstance(toast, list) or not all(isinstance(c, str) for c in toast):
+        toast = ev.get("unchanged_toast")
+        if not toast:
+            missing = _NO_COLUMNS
+        elif not isinstance(toast, list) or not all(isinstance(c, str) for c in toast):
             raise ProcessingError("'unchanged_toast' is not a list of column names")
-        missing = frozenset(c for c in toast if c not in after)
+        else:
+            missing = frozenset(c for c in toast if c not in after)
         return _Change(op, after, None, missing, pos, pkey, r.partition)
     if op == "d":
         key: Any = None
@@ -391,8 +397,8 @@ class ReplicaSink(Processor):
             )
         groups: dict[frozenset[str], list[dict[str, Any]]] = {}
         for c in upserts:
-            assert c.row is not None
-            row = dict(c.row)
+            row = c.row  # this call's own dict (parsed or copied in this batch)
+            assert row is not None
             row["_hw_position"] = c.position
             row["_hw_position_key"] = c.position_key
             row["_hw_partition"] = c.partition

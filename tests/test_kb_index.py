@@ -188,6 +188,50 @@ def test_processor_indexes_files_and_reembeds_only_changed_chunks(
     assert len(search(conn, embedder, "cat", k=5, filters={"format": "text"})) == 1
 
 
+def _hnsw_scans(conn: psycopg.Connection) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'chunks_embedding'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_vectors_stay_in_the_row_and_small_indexes_are_searched_exactly(
+    dsn: str, embedder: MiniLMEmbedder
+) -> None:
+    cfg = KnowledgePipeline(
+        name="kb-docs", input="docs.files", processor="knowledge", source="docs"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            KnowledgeProcessor(cfg, embedder).process(
+                conn, [_file("h.md", _long_doc().encode(), 1)]
+            )
+        # a chunk row passes the 2 kB TOAST threshold: its text goes out of line, not
+        # the vector every exact scan reads
+        assert conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attname = 'embedding'"
+            " AND attrelid = 'headwater_kb.chunks'::regclass"
+        ).fetchone() == ("p",)
+        conn.execute("ANALYZE headwater_kb.chunks")
+        q = "how long until a refund is paid"
+        before = _hnsw_scans(conn)
+        with conn.transaction():  # even where the planner is told to avoid scans and sorts
+            conn.execute("SET LOCAL enable_seqscan = off")
+            conn.execute("SET LOCAL enable_sort = off")
+            exact = search(conn, embedder, q, k=3)
+        assert _hnsw_scans(conn) == before  # under the threshold: no index scan
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")
+            conn.execute("SET LOCAL enable_sort = off")  # else: the primary key + a sort
+            approx = search(conn, embedder, q, k=3, exact_below=0)
+        assert _hnsw_scans(conn) == before + 1  # over it: the planner's choice, HNSW here
+        assert [h.chunk_id for h in exact] == [h.chunk_id for h in approx]
+        assert exact[0].doc_id == "docs:h.md"
+
+
 def test_source_errors_and_bad_files_raise_for_the_dead_letter_topic(
     conn: psycopg.Connection, embedder: MiniLMEmbedder
 ) -> None:

@@ -1,5 +1,12 @@
-"""Hybrid retrieval over ``headwater_kb``: pgvector cosine (HNSW) and PostgreSQL
-full text, fused by reciprocal rank (RRF, k = 60).
+"""Hybrid retrieval over ``headwater_kb``: pgvector cosine and PostgreSQL full text,
+fused by reciprocal rank (RRF, k = 60).
+
+The cosine side is exact (a scan of every vector) while the index holds fewer than
+:data:`EXACT_BELOW` chunks, where a scan is both cheap and right; beyond, the planner
+chooses, which for any sizeable table is the HNSW index (approximate,
+``hnsw.ef_search`` at least the candidate count). Which one
+runs is decided inside the statement from the planner's row estimate, so a search
+stays one round trip.
 
 Each side returns its best ``candidates`` chunks that pass the filters; a chunk's
 score is the sum of 1 / (60 + rank) over the sides that found it. Full text matches
@@ -22,6 +29,9 @@ from headwater.knowledge.embedder import Embedder, vector_literal
 from headwater.log.base import Conn
 
 _RRF_K = 60
+EXACT_BELOW = 10_000
+"""Chunks under which the vector side scans exactly (about 5 ms on one core for 10,000
+MiniLM vectors); above, it asks the HNSW index, approximate and sublinear."""
 _EF_SEARCH_DEFAULT = 40
 _IDLE = pq.TransactionStatus.IDLE
 _COLUMNS = {"source": "d.source", "doc_id": "d.doc_id", "uri": "d.uri"}
@@ -61,8 +71,13 @@ def search(
     k: int = 5,
     filters: Mapping[str, str] | None = None,
     candidates: int = 40,
+    exact_below: int = EXACT_BELOW,
 ) -> list[SearchHit]:
-    """The ``k`` best chunks for ``query`` (best first)."""
+    """The ``k`` best chunks for ``query`` (best first).
+
+    The vector side is an exact scan while the index holds fewer than
+    ``exact_below`` chunks (PostgreSQL's estimate); beyond, the planner chooses (the
+    HNSW index for any sizeable table)."""
     if not query.strip() or k <= 0:
         return []
     vec = embedder.embed([query])[0]
@@ -78,24 +93,40 @@ def search(
         with conn.transaction():
             for stmt in settings:
                 conn.execute(stmt.encode())
-            rows = _query(conn, where, params, qvec, n, query, k)
+            rows = _query(conn, where, params, qvec, n, query, k, exact_below)
     else:  # one round trip: an autocommit statement, or inside the caller's transaction
-        rows = _query(conn, where, params, qvec, n, query, k)
+        rows = _query(conn, where, params, qvec, n, query, k, exact_below)
     return [
         SearchHit(r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], tuple(r[7]), r[8]) for r in rows
     ]
 
 
 def _query(
-    conn: Conn, where: str, params: dict[str, Any], qvec: str, n: int, query: str, k: int
+    conn: Conn,
+    where: str,
+    params: dict[str, Any],
+    qvec: str,
+    n: int,
+    query: str,
+    k: int,
+    exact_below: int = EXACT_BELOW,
 ) -> list[tuple[Any, ...]]:
     sql = f"""
-        WITH v AS (
-            SELECT c.chunk_id, row_number() OVER () AS r FROM (
-                SELECT c.chunk_id FROM headwater_kb.chunks c
-                JOIN headwater_kb.documents d USING (doc_id)
-                WHERE {where} AND c.embedding IS NOT NULL
-                ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s) c
+        WITH g AS (  -- planner statistics: -1 until the first ANALYZE, then an estimate
+            SELECT reltuples < %(exact)s AS exact FROM pg_class
+            WHERE oid = 'headwater_kb.chunks'::regclass
+        ), v AS (
+            SELECT chunk_id, row_number() OVER (ORDER BY dist, chunk_id) AS r FROM (
+                (SELECT c.chunk_id, (c.embedding <=> %(q)s::vector) + 0 AS dist
+                 FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id)
+                 WHERE {where} AND c.embedding IS NOT NULL AND (SELECT exact FROM g)
+                 ORDER BY 2 LIMIT %(n)s)  -- "+ 0": no index serves it, the scan is exact
+                UNION ALL
+                (SELECT c.chunk_id, c.embedding <=> %(q)s::vector
+                 FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id)
+                 WHERE {where} AND c.embedding IS NOT NULL AND NOT (SELECT exact FROM g)
+                 ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s)
+            ) c
         ), t AS (
             SELECT c.chunk_id,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id) AS r
@@ -116,7 +147,7 @@ def _query(
         JOIN headwater_kb.documents d ON d.doc_id = c.doc_id
         ORDER BY f.score DESC, c.chunk_id
     """
-    params.update({"q": qvec, "n": n, "text": query, "k": k})
+    params.update({"q": qvec, "n": n, "text": query, "k": k, "exact": exact_below})
     return conn.execute(sql.encode(), params).fetchall()
 
 

@@ -4,9 +4,8 @@ fused by reciprocal rank (RRF, k = 60).
 The cosine side is exact (a scan of every vector) while the index holds fewer than
 :data:`EXACT_BELOW` chunks, where a scan is both cheap and right; beyond, the planner
 chooses, which for any sizeable table is the HNSW index (approximate,
-``hnsw.ef_search`` at least the candidate count). Which one
-runs is decided inside the statement from the planner's row estimate, so a search
-stays one round trip.
+``hnsw.ef_search`` at least the candidate count). Which one runs is decided inside
+the statement from the planner's row estimate, so a search stays one round trip.
 
 Each side returns its best ``candidates`` chunks that pass the filters; a chunk's
 score is the sum of 1 / (60 + rank) over the sides that found it. Full text matches
@@ -109,7 +108,7 @@ def _query(
     n: int,
     query: str,
     k: int,
-    exact_below: int = EXACT_BELOW,
+    exact_below: int,
 ) -> list[tuple[Any, ...]]:
     sql = f"""
         WITH g AS (  -- planner statistics: -1 until the first ANALYZE, then an estimate

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -48,13 +50,15 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-_NP_M = np.uint32(_M)
 _SMALL_BATCH = 32  # below this the per-key cache wins over array set-up
 
 
 def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
     """:func:`murmur2` of every key as unsigned 32-bit ints, vectorised over keys of
     equal length (about 0.3 µs a key for thousands of keys, 8x the loop)."""
+    import numpy as np  # here: importing it costs every log user ~0.2 s at start-up
+
+    m = np.uint32(_M)
     n = len(keys)
     lens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
     data = np.frombuffer(b"".join(keys), dtype=np.uint8)
@@ -69,10 +73,10 @@ def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
         if n4:  # uint32 arithmetic wraps like the masks of the scalar version
             blocks = np.ascontiguousarray(buf[:, :n4]).view("<u4")
             for j in range(n4 // 4):
-                k = blocks[:, j] * _NP_M
+                k = blocks[:, j] * m
                 k ^= k >> np.uint32(24)
-                k *= _NP_M
-                h *= _NP_M
+                k *= m
+                h *= m
                 h ^= k
         rest = length & 3
         if rest == 3:
@@ -81,9 +85,9 @@ def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
             h ^= buf[:, n4 + 1].astype(np.uint32) << np.uint32(8)
         if rest >= 1:
             h ^= buf[:, n4].astype(np.uint32)
-            h *= _NP_M
+            h *= m
         h ^= h >> np.uint32(13)
-        h *= _NP_M
+        h *= m
         h ^= h >> np.uint32(15)
         out[idx] = h
     return out

@@ -198,7 +198,7 @@ def _hnsw_scans(conn: psycopg.Connection) -> int:
     return int(row[0])
 
 
-def test_vectors_stay_in_the_row_and_small_indexes_are_searched_exactly(
+def test_vectors_stay_in_the_row_text_is_indexed_directly_and_small_indexes_searched_exactly(
     dsn: str, embedder: MiniLMEmbedder
 ) -> None:
     cfg = KnowledgePipeline(
@@ -215,6 +215,11 @@ def test_vectors_stay_in_the_row_and_small_indexes_are_searched_exactly(
             "SELECT attstorage FROM pg_attribute WHERE attname = 'embedding'"
             " AND attrelid = 'headwater_kb.chunks'::regclass"
         ).fetchone() == ("p",)
+        # full-text entries went straight into the GIN tree: no pending list for every
+        # search to scan (nothing left to merge)
+        assert conn.execute(
+            "SELECT gin_clean_pending_list('headwater_kb.chunks_tsv'::regclass)"
+        ).fetchone() == (0,)
         conn.execute("ANALYZE headwater_kb.chunks")
         q = "how long until a refund is paid"
         before = _hnsw_scans(conn)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
 
+Precision = Literal["auto", "float32", "bfloat16"]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
@@ -69,6 +71,10 @@ class EmbedderConfig(_Model):
     ``openai``: any OpenAI-compatible ``/embeddings`` endpoint."""
 
     kind: Literal["minilm", "openai"] = "minilm"
+    precision: Precision = "auto"
+    """minilm only: the weights' and activations' type. ``auto`` is ``bfloat16`` where
+    the CPU computes it natively (AVX512-BF16 or AMX; vectors within cosine 0.9999 of
+    float32, 2-3x faster), else ``float32``."""
     url: str | None = None
     """Base URL of the endpoint, e.g. http://127.0.0.1:8000/v1 (openai only)."""
     model: str | None = None
@@ -83,9 +89,11 @@ class EmbedderConfig(_Model):
     backoff_max_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
-    def _remote_needs_url(self) -> EmbedderConfig:
+    def _fits_kind(self) -> EmbedderConfig:
         if self.kind == "openai" and not (self.url and self.model):
             raise ValueError('kind = "openai" needs url and model')
+        if self.kind == "openai" and self.precision != "auto":
+            raise ValueError('precision applies to kind = "minilm"; remove it for "openai"')
         return self
 
 

@@ -110,6 +110,13 @@ def _query(
     k: int,
     exact_below: int,
 ) -> list[tuple[Any, ...]]:
+    # filters may read the document's columns; without them each side reads chunks alone
+    # (a join per side cost ~0.4 ms of a ~4 ms search over 2,000 chunks)
+    chunks = (
+        "headwater_kb.chunks c"
+        if where == "TRUE"
+        else "headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id)"
+    )
     sql = f"""
         WITH g AS (  -- planner statistics: -1 until the first ANALYZE, then an estimate
             SELECT reltuples < %(exact)s AS exact FROM pg_class
@@ -117,19 +124,19 @@ def _query(
         ), v AS (
             SELECT chunk_id, row_number() OVER (ORDER BY dist, chunk_id) AS r FROM (
                 (SELECT c.chunk_id, (c.embedding <=> %(q)s::vector) + 0 AS dist
-                 FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id)
+                 FROM {chunks}
                  WHERE {where} AND c.embedding IS NOT NULL AND (SELECT exact FROM g)
                  ORDER BY 2 LIMIT %(n)s)  -- "+ 0": no index serves it, the scan is exact
                 UNION ALL
                 (SELECT c.chunk_id, c.embedding <=> %(q)s::vector
-                 FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id)
+                 FROM {chunks}
                  WHERE {where} AND c.embedding IS NOT NULL AND NOT (SELECT exact FROM g)
                  ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s)
             ) c
         ), t AS (
             SELECT c.chunk_id,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id) AS r
-            FROM headwater_kb.chunks c JOIN headwater_kb.documents d USING (doc_id),
+            FROM {chunks},
                  (SELECT replace(plainto_tsquery('english', %(text)s)::text, '&', '|')
                      AS s) s0,
                  LATERAL (SELECT CASE WHEN s0.s = '' THEN NULL ELSE s0.s::tsquery END AS tq) q

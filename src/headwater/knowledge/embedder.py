@@ -160,7 +160,6 @@ def resolve_precision(precision: Precision, device: str = "cpu") -> Literal["flo
     if precision != "auto":
         return precision
     torch = _import_torch()
-
     try:
         if device.startswith("cuda"):
             native = bool(torch.cuda.is_bf16_supported())

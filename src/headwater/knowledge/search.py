@@ -133,13 +133,13 @@ def _query(
                  WHERE {where} AND c.embedding IS NOT NULL AND NOT (SELECT exact FROM g)
                  ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s)
             ) c
+        ), q AS MATERIALIZED (  -- once: a generic plan would rebuild it for every row
+            SELECT CASE WHEN s = '' THEN NULL ELSE s::tsquery END AS tq
+            FROM (SELECT replace(plainto_tsquery('english', %(text)s)::text, '&', '|') AS s) s0
         ), t AS (
             SELECT c.chunk_id,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id) AS r
-            FROM {chunks},
-                 (SELECT replace(plainto_tsquery('english', %(text)s)::text, '&', '|')
-                     AS s) s0,
-                 LATERAL (SELECT CASE WHEN s0.s = '' THEN NULL ELSE s0.s::tsquery END AS tq) q
+            FROM q, {chunks}
             WHERE {where} AND q.tq IS NOT NULL AND c.tsv @@ q.tq
             ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id LIMIT %(n)s
         ), fused AS (

@@ -110,7 +110,12 @@ def _query(
     k: int,
     exact_below: int,
 ) -> list[tuple[Any, ...]]:
-    # filters may read the document's columns; without them each side reads chunks alone
+    # The integers are written into the statement: with only the vector, the text and
+    # the filters as parameters, PostgreSQL's cost estimate lets the prepared statement
+    # settle on its generic plan instead of planning every search (SQL over 2,100
+    # chunks: 1.47 -> 1.10 ms). That plan is sound for any query: the exact scan or
+    # HNSW is chosen when it runs, and the tsquery is built once (CTE q).
+    # Filters may read the document's columns; without them each side reads chunks alone
     # (a join per side cost ~0.4 ms of a ~4 ms search over 2,000 chunks)
     chunks = (
         "headwater_kb.chunks c"
@@ -119,19 +124,19 @@ def _query(
     )
     sql = f"""
         WITH g AS (  -- planner statistics: -1 until the first ANALYZE, then an estimate
-            SELECT reltuples < %(exact)s AS exact FROM pg_class
+            SELECT reltuples < {exact_below:d} AS exact FROM pg_class
             WHERE oid = 'headwater_kb.chunks'::regclass
         ), v AS (
             SELECT chunk_id, row_number() OVER (ORDER BY dist, chunk_id) AS r FROM (
                 (SELECT c.chunk_id, (c.embedding <=> %(q)s::vector) + 0 AS dist
                  FROM {chunks}
                  WHERE {where} AND c.embedding IS NOT NULL AND (SELECT exact FROM g)
-                 ORDER BY 2 LIMIT %(n)s)  -- "+ 0": no index serves it, the scan is exact
+                 ORDER BY 2 LIMIT {n:d})  -- "+ 0": no index serves it, the scan is exact
                 UNION ALL
                 (SELECT c.chunk_id, c.embedding <=> %(q)s::vector
                  FROM {chunks}
                  WHERE {where} AND c.embedding IS NOT NULL AND NOT (SELECT exact FROM g)
-                 ORDER BY c.embedding <=> %(q)s::vector LIMIT %(n)s)
+                 ORDER BY c.embedding <=> %(q)s::vector LIMIT {n:d})
             ) c
         ), q AS MATERIALIZED (  -- once: a generic plan would rebuild it for every row
             SELECT CASE WHEN s = '' THEN NULL ELSE s::tsquery END AS tq
@@ -141,11 +146,11 @@ def _query(
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id) AS r
             FROM q, {chunks}
             WHERE {where} AND q.tq IS NOT NULL AND c.tsv @@ q.tq
-            ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id LIMIT %(n)s
+            ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.chunk_id LIMIT {n:d}
         ), fused AS (
             SELECT chunk_id, sum(1.0 / ({_RRF_K} + r)) AS score
             FROM (SELECT * FROM v UNION ALL SELECT * FROM t) x GROUP BY chunk_id
-            ORDER BY score DESC, chunk_id LIMIT %(k)s
+            ORDER BY score DESC, chunk_id LIMIT {k:d}
         )
         SELECT d.doc_id, d.uri, c.chunk_id, c.version, f.score, c.text, d.title, c.headings,
                d.source
@@ -153,7 +158,7 @@ def _query(
         JOIN headwater_kb.documents d ON d.doc_id = c.doc_id
         ORDER BY f.score DESC, c.chunk_id
     """
-    params.update({"q": qvec, "n": n, "text": query, "k": k, "exact": exact_below})
+    params.update({"q": qvec, "text": query})
     return conn.execute(sql.encode(), params).fetchall()
 
 

@@ -122,17 +122,16 @@ class MiniLMEmbedder:
         types = torch.tensor([e.type_ids for e in encs], device=self._device)
         threads = torch.get_num_threads()
         one_thread = threads > 1 and ids.numel() <= self.SMALL_TOKENS
-        if one_thread:
-            torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
+        with torch.inference_mode():
+            if one_thread:
+                torch.set_num_threads(1)
+            try:
                 hidden = self._bert(
                     input_ids=ids, attention_mask=mask, token_type_ids=types
                 ).last_hidden_state.float()
-        finally:
-            if one_thread:
-                torch.set_num_threads(threads)
-        with torch.inference_mode():
+            finally:
+                if one_thread:
+                    torch.set_num_threads(threads)
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             vecs = torch.nn.functional.normalize(pooled, p=2, dim=1)
